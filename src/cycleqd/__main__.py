@@ -1,0 +1,5 @@
+"""``python -m cycleqd``."""
+
+from cycleqd.cli import main
+
+main()

@@ -1,0 +1,184 @@
+"""The contract between the engine and evaluation: tasks, their results, and model backends.
+
+The engine hands the evaluation layer a model's weights; a :class:`Backend` makes them usable (for
+language models it copies them into one resident model and answers ``generate`` and
+``loglikelihood``; for other models it exposes the tensors), and each :class:`Task` scores the
+backend's current model on a split.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, TypedDict
+
+import torch
+
+SPLITS = ("validation", "test")
+
+
+class Message(TypedDict):
+    """One chat message."""
+
+    role: str
+    content: str
+
+
+Prompt = str | list[Message]
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """The outcome of one item of a task.
+
+    Attributes:
+        item_id: The item's id.
+        correct: Whether the answer was judged right.
+        score: The item's score in [0, 1] (1.0/0.0 for pass/fail tasks).
+        output: What the model produced (for agents, the whole transcript of its turns).
+        reason: Why it failed (``None`` when correct).
+        detail: Extra data for audits (expected answer, executor output, rounds used, ...).
+    """
+
+    item_id: str
+    correct: bool
+    score: float
+    output: str | None = None
+    reason: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """A task's score on one split, with the per-item results.
+
+    Attributes:
+        task: Task name.
+        split: ``validation`` or ``test``.
+        score: Score in [0, 1] (usually the mean of the items' scores).
+        items: Per-item results (may be empty for analytic tasks).
+    """
+
+    task: str
+    split: str
+    score: float
+    items: list[ItemResult] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.score, (int, float)) or math.isnan(self.score):
+            raise ValueError(f"task {self.task} returned a score that is not a number: {self.score!r}")
+        if not 0.0 <= self.score <= 1.0:
+            raise ValueError(f"task {self.task} returned a score outside [0, 1]: {self.score!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TaskResult:
+        """Inverse of :meth:`to_dict`."""
+        items = [ItemResult(**i) for i in data.get("items", [])]
+        return cls(task=data["task"], split=data["split"], score=float(data["score"]), items=items)
+
+
+class Backend(ABC):
+    """Holds one model at a time and answers the queries tasks make of it."""
+
+    @abstractmethod
+    def load(self, weights: Mapping[str, torch.Tensor], *, fingerprint: str) -> None:
+        """Make ``weights`` the current model (copied into the resident model, not rebuilt).
+
+        Args:
+            weights: Full weights of the model (names of the base model).
+            fingerprint: Identity of these weights, for caches.
+        """
+
+    @property
+    @abstractmethod
+    def fingerprint(self) -> str | None:
+        """Fingerprint of the current model, ``None`` before the first :meth:`load`."""
+
+    @property
+    def weights(self) -> Mapping[str, torch.Tensor]:
+        """The current model's weights, for tasks that compute on tensors directly."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose weights")
+
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        *,
+        max_new_tokens: int,
+        stop: Sequence[str] = (),
+    ) -> list[str]:
+        """Greedy completions of the current model, cut before the first stop string.
+
+        Args:
+            prompts: Plain strings or chat messages.
+            max_new_tokens: Most tokens generated per prompt.
+            stop: Strings that end a completion (not included in it).
+
+        Returns:
+            One completion per prompt.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot generate text")
+
+    def loglikelihood(self, requests: Sequence[tuple[Prompt, str]]) -> list[float]:
+        """Sum of the log-probabilities of each continuation given its context.
+
+        Args:
+            requests: Pairs of (context, continuation).
+
+        Returns:
+            One log-likelihood per pair.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot score continuations")
+
+
+class Task(ABC):
+    """A skill that scores the backend's current model on a split.
+
+    Subclasses used from a config as ``module:Class`` are built as ``Class(name=..., **params)``
+    (built-in kinds also get ``data``, their items by split).
+    """
+
+    #: Whether the task needs a text-generating backend (``generate``/``loglikelihood``).
+    needs_text: ClassVar[bool] = True
+
+    def __init__(self, *, name: str) -> None:
+        self.name = name
+
+    @abstractmethod
+    def evaluate(self, backend: Backend, *, split: str) -> TaskResult:
+        """Score the backend's current model.
+
+        Args:
+            backend: The backend holding the model.
+            split: ``validation`` or ``test``.
+
+        Returns:
+            The task's result on that split.
+        """
+
+
+class WeightsBackend(Backend):
+    """A backend that only exposes the weights: for models that are not language models."""
+
+    def __init__(self) -> None:
+        self._weights: Mapping[str, torch.Tensor] | None = None
+        self._fingerprint: str | None = None
+
+    def load(self, weights: Mapping[str, torch.Tensor], *, fingerprint: str) -> None:  # noqa: D102
+        self._weights = weights
+        self._fingerprint = fingerprint
+
+    @property
+    def fingerprint(self) -> str | None:  # noqa: D102
+        return self._fingerprint
+
+    @property
+    def weights(self) -> Mapping[str, torch.Tensor]:  # noqa: D102
+        if self._weights is None:
+            raise RuntimeError("no model loaded; call load() first")
+        return self._weights

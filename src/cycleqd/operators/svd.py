@@ -1,0 +1,201 @@
+"""Singular value decompositions of task-vector matrices: exact, randomized, and cached per expert."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+
+@dataclass(frozen=True)
+class SVDFactors:
+    """A (possibly truncated) SVD, A ≈ U diag(S) Vh.
+
+    Attributes:
+        U: Left singular vectors, shape (m, k).
+        S: Singular values, shape (k,), descending.
+        Vh: Right singular vectors transposed, shape (k, n).
+    """
+
+    U: torch.Tensor
+    S: torch.Tensor
+    Vh: torch.Tensor
+
+    def reconstruct(self, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """U diag(S ⊙ scale) Vh (``scale`` of ones when omitted)."""
+        s = self.S if scale is None else self.S * scale
+        return (self.U * s.unsqueeze(0)) @ self.Vh
+
+
+def svd(matrix: torch.Tensor, *, rank: int | None = None) -> SVDFactors:
+    """Exact thin SVD in float32, optionally truncated to the top ``rank`` singular values.
+
+    Args:
+        matrix: A 2-D tensor.
+        rank: Keep this many singular values (all when ``None``).
+
+    Returns:
+        The factors.
+    """
+    U, S, Vh = torch.linalg.svd(matrix.float(), full_matrices=False)
+    if rank is not None:
+        U, S, Vh = U[:, :rank], S[:rank], Vh[:rank]
+    return SVDFactors(U.contiguous(), S.contiguous(), Vh.contiguous())
+
+
+def randomized_svd(
+    matrix: torch.Tensor,
+    *,
+    rank: int,
+    generator: torch.Generator,
+    oversample: int = 8,
+    n_iter: int = 2,
+) -> SVDFactors:
+    """Rank-``rank`` randomized SVD (Halko, Martinsson and Tropp, SIAM Review 2011, algorithm 4.4).
+
+    Unlike ``torch.svd_lowrank``, every draw comes from ``generator``, so the result is reproducible.
+
+    Args:
+        matrix: A 2-D tensor (m, n).
+        rank: Number of singular values to keep.
+        generator: Source of the Gaussian test matrix.
+        oversample: Extra columns of the test matrix.
+        n_iter: Subspace (power) iterations, each re-orthonormalised.
+
+    Returns:
+        The truncated factors.
+    """
+    a = matrix.float()
+    m, n = a.shape
+    k = min(rank + oversample, m, n)
+    omega = torch.randn((n, k), generator=generator, dtype=torch.float32).to(a.device)
+    q, _ = torch.linalg.qr(a @ omega)
+    for _ in range(n_iter):
+        z, _ = torch.linalg.qr(a.T @ q)
+        q, _ = torch.linalg.qr(a @ z)
+    ub, s, vh = torch.linalg.svd(q.T @ a, full_matrices=False)
+    r = min(rank, s.numel())
+    return SVDFactors((q @ ub[:, :r]).contiguous(), s[:r].contiguous(), vh[:r].contiguous())
+
+
+def _file_name(index: int, name: str) -> str:
+    return f"{index:05d}-{re.sub(r'[^A-Za-z0-9_.-]', '_', name)[:80]}.safetensors"
+
+
+class ExpertSVDCache:
+    """SVDs of one expert's task-vector matrices, computed once and kept on disk.
+
+    Factors are stored one tensor per file in ``folder`` (written atomically), with a ``manifest.json``
+    written last; :meth:`get` reads a tensor's factors lazily and keeps the most recent few in memory.
+    The folder name should carry the expert's and base's fingerprints and the rank, so that a changed
+    model never reuses stale factors (see :meth:`for_models`).
+
+    Args:
+        folder: Where the factors live.
+        rank: Truncation rank (``None`` keeps all singular values).
+        memory_items: How many tensors' factors to keep in memory.
+    """
+
+    def __init__(self, folder: str | Path, *, rank: int | None = None, memory_items: int = 8) -> None:
+        self.folder = Path(folder)
+        self.rank = rank
+        self._memory: OrderedDict[str, SVDFactors] = OrderedDict()
+        self._memory_items = memory_items
+        self._manifest: dict[str, str] | None = None
+
+    @staticmethod
+    def folder_for(root: str | Path, *, expert_fingerprint: str, base_fingerprint: str, rank: int | None) -> Path:
+        """The cache folder for an (expert, base, rank) triple under ``root``."""
+        return Path(root) / f"{expert_fingerprint[:16]}-{base_fingerprint[:16]}-r{rank or 'full'}"
+
+    @property
+    def complete(self) -> bool:
+        """Whether every factor has been computed and the manifest written."""
+        return (self.folder / "manifest.json").is_file()
+
+    def build(
+        self,
+        expert: Mapping[str, torch.Tensor],
+        base: Mapping[str, torch.Tensor],
+        names: Iterable[str],
+        *,
+        device: str | torch.device = "cpu",
+        progress: object | None = None,
+    ) -> None:
+        """Compute and store the SVD of τ = expert − base for each named 2-D tensor.
+
+        Tensors already stored (from an interrupted build) are not recomputed.
+
+        Args:
+            expert: Expert weights.
+            base: Base weights.
+            names: Tensors to decompose (2-D).
+            device: Where to run the SVDs.
+            progress: Optional callable called with each tensor name when done.
+        """
+        if self.complete:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        manifest = {}
+        for i, name in enumerate(names):
+            file = self.folder / _file_name(i, name)
+            manifest[name] = file.name
+            if not file.is_file():
+                tau = expert[name].to(device, torch.float32) - base[name].to(device, torch.float32)
+                f = svd(tau, rank=self.rank)
+                tmp = file.with_suffix(f".tmp-{uuid.uuid4().hex[:6]}")
+                save_file({"U": f.U.cpu(), "S": f.S.cpu(), "Vh": f.Vh.cpu()}, str(tmp))
+                os.replace(tmp, file)
+            if callable(progress):
+                progress(name)
+        tmp = self.folder / f"manifest.json.tmp-{uuid.uuid4().hex[:6]}"
+        tmp.write_text(json.dumps({"rank": self.rank, "files": manifest}, indent=1))
+        os.replace(tmp, self.folder / "manifest.json")
+
+    def get(self, name: str) -> SVDFactors:
+        """The stored factors of one tensor, read lazily.
+
+        Args:
+            name: Tensor name.
+
+        Returns:
+            Its factors.
+
+        Raises:
+            KeyError: If the tensor was not decomposed (call :meth:`build` first).
+        """
+        hit = self._memory.get(name)
+        if hit is not None:
+            self._memory.move_to_end(name)
+            return hit
+        if self._manifest is None:
+            if not self.complete:
+                raise KeyError(f"the SVD cache {self.folder} is not built; call build() first")
+            self._manifest = json.loads((self.folder / "manifest.json").read_text())["files"]
+        if name not in self._manifest:
+            raise KeyError(f"no SVD stored for tensor {name!r} in {self.folder}")
+        with safe_open(str(self.folder / self._manifest[name]), framework="pt") as h:
+            factors = SVDFactors(h.get_tensor("U"), h.get_tensor("S"), h.get_tensor("Vh"))
+        self._memory[name] = factors
+        if len(self._memory) > self._memory_items:
+            self._memory.popitem(last=False)
+        return factors
+
+    def __contains__(self, name: object) -> bool:
+        if self._manifest is None and self.complete:
+            self._manifest = json.loads((self.folder / "manifest.json").read_text())["files"]
+        return self._manifest is not None and name in self._manifest
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        state["_memory"] = OrderedDict()
+        return state
