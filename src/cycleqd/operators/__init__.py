@@ -1,6 +1,12 @@
 """Operators layer: crossover, mutation and merge methods, pure functions over tensors."""
 
-from cycleqd.operators.crossover import CrossoverPlan, crossover, crossover_tensor, draw_crossover, layer_group
+from cycleqd.operators.crossover import (
+    CrossoverPlan,
+    crossover,
+    crossover_tensor,
+    draw_crossover,
+    layer_group,
+)
 from cycleqd.operators.mutation import (
     DEFAULT_SKIP_PATTERNS,
     MUTATIONS,

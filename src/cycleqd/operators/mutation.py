@@ -128,7 +128,9 @@ class SVDExpertMutation(Mutation):
             )
         f = self.caches[expert].get(name)
         r = torch.rand(f.S.shape, generator=generator, dtype=torch.float32) * self.rho
-        delta = (f.U.to(tau.device) * (r.to(tau.device) * f.S.to(tau.device)).unsqueeze(0)) @ f.Vh.to(tau.device)
+        delta = (f.U.to(tau.device) * (r.to(tau.device) * f.S.to(tau.device)).unsqueeze(0)) @ f.Vh.to(
+            tau.device
+        )
         return tau + delta, r
 
     def params(self):  # noqa: D102
@@ -159,11 +161,19 @@ class SVDSelfMutation(Mutation):
             f = randomized_svd(tau, rank=self.rank, generator=generator)
         else:
             f = svd(tau)
-        w = torch.rand(f.S.shape, generator=generator, dtype=torch.float32) * (self.high - self.low) + self.low
+        w = (
+            torch.rand(f.S.shape, generator=generator, dtype=torch.float32) * (self.high - self.low)
+            + self.low
+        )
         return tau + f.reconstruct(w.to(f.S.device) - 1.0), w
 
     def params(self):  # noqa: D102
-        return {"low": self.low, "high": self.high, "randomized_above": self.randomized_above, "rank": self.rank}
+        return {
+            "low": self.low,
+            "high": self.high,
+            "randomized_above": self.randomized_above,
+            "rank": self.rank,
+        }
 
 
 MUTATIONS: dict[str, type[Mutation]] = {

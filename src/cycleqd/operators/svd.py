@@ -113,7 +113,9 @@ class ExpertSVDCache:
         self._manifest: dict[str, str] | None = None
 
     @staticmethod
-    def folder_for(root: str | Path, *, expert_fingerprint: str, base_fingerprint: str, rank: int | None) -> Path:
+    def folder_for(
+        root: str | Path, *, expert_fingerprint: str, base_fingerprint: str, rank: int | None
+    ) -> Path:
         """The cache folder for an (expert, base, rank) triple under ``root``."""
         return Path(root) / f"{expert_fingerprint[:16]}-{base_fingerprint[:16]}-r{rank or 'full'}"
 

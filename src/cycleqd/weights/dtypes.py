@@ -39,9 +39,7 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     try:
         return _DTYPES[key]
     except KeyError:
-        raise ConfigError(
-            f"unknown dtype {name!r}; use one of float32, bfloat16, float16 or auto"
-        ) from None
+        raise ConfigError(f"unknown dtype {name!r}; use one of float32, bfloat16, float16 or auto") from None
 
 
 def dtype_name(dtype: torch.dtype) -> str:

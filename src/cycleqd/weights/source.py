@@ -213,7 +213,11 @@ def open_model(path_or_id: str | Path, *, name: str | None = None) -> ModelSourc
         if shards:
             files = _safetensors_names(shards)
         else:
-            torch_files = [path / "pytorch_model.bin", *sorted(path.glob("*.pt")), *sorted(path.glob("*.pth"))]
+            torch_files = [
+                path / "pytorch_model.bin",
+                *sorted(path.glob("*.pt")),
+                *sorted(path.glob("*.pth")),
+            ]
             torch_file = next((f for f in torch_files if f.is_file()), None)
             if torch_file is None:
                 raise ModelLoadError(

@@ -7,7 +7,9 @@ from collections.abc import Mapping
 import torch
 
 
-def task_vector(model: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def task_vector(
+    model: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """τ = θ − θ0 for every floating-point tensor of the base, computed in float32.
 
     Args:

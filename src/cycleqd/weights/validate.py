@@ -143,8 +143,8 @@ def validate_models(
         if bad:
             role = "base" if m is base else "expert"
             problems.append(
-                f"{role} {m.name} has {_plural(len(bad), 'tensor')} with NaN or Inf values: {_names(list(bad))}; "
-                "the model is corrupt (diverged training or a broken conversion): retrain or re-download it"
+                f"{role} {m.name} has {_plural(len(bad), 'tensor')} with NaN or Inf values: "
+                f"{_names(list(bad))}; the model is corrupt (diverged training or a broken conversion): retrain or re-download it"
             )
     if problems:
         raise ModelMismatchError("\n".join(problems))

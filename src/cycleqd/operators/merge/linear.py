@@ -1,4 +1,4 @@
-"""Linear merge: a weighted sum of task vectors."""
+"""Linear merges: a weighted sum of task vectors, and mergekit's ``linear`` on the weights themselves."""
 
 from __future__ import annotations
 
@@ -39,4 +39,41 @@ def linear(
     out = taus[0].float() * weights[0]
     for t, w in zip(taus[1:], weights[1:], strict=True):
         out.add_(t.float(), alpha=w)
+    return out
+
+
+def linear_soup(
+    taus: Sequence[torch.Tensor],
+    *,
+    base: torch.Tensor,
+    weights: Sequence[float],
+    normalize: bool = True,
+) -> torch.Tensor:
+    """The ``linear`` method of mergekit, which averages the models' weights rather than task vectors.
+
+    The merged weights are θ = Σ_i w_i θ_i / Σ_i w_i (model soups, Wortsman et al., ICML 2022), or
+    θ = Σ_i w_i θ_i without ``normalize``. As a task vector (θ_i = θ0 + τ_i):
+
+        τ = Σ_i w_i τ_i / Σ_i w_i                      with normalize,
+        τ = Σ_i w_i τ_i + (Σ_i w_i − 1) θ0             without,
+
+    so the two forms agree with :func:`linear` exactly when the weights sum to 1. The base θ0 matters
+    only for unnormalised weights that do not sum to 1 (then the base itself is scaled).
+
+    Args:
+        taus: Task vectors of one tensor, one per model.
+        base: The base tensor θ0 (float32).
+        weights: One weight per model.
+        normalize: Divide by the sum of the weights.
+
+    Returns:
+        The merged task vector in float32.
+
+    Raises:
+        ValueError: As :func:`linear`.
+    """
+    out = linear(taus, weights=weights, normalize=normalize)
+    excess = float(sum(weights)) - 1.0
+    if not normalize and excess != 0.0:
+        out.add_(base.float(), alpha=excess)
     return out
