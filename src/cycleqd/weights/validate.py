@@ -144,7 +144,8 @@ def validate_models(
             role = "base" if m is base else "expert"
             problems.append(
                 f"{role} {m.name} has {_plural(len(bad), 'tensor')} with NaN or Inf values: "
-                f"{_names(list(bad))}; the model is corrupt (diverged training or a broken conversion): retrain or re-download it"
+                f"{_names(list(bad))}; the model is corrupt (diverged training or a broken conversion): "
+                "retrain or re-download it"
             )
     if problems:
         raise ModelMismatchError("\n".join(problems))
