@@ -101,6 +101,15 @@ class Backend(ABC):
         """Fingerprint of the current model, ``None`` before the first :meth:`load`."""
 
     @property
+    def signature(self) -> str:
+        """Identity of the settings that change what the backend answers (part of result-cache keys).
+
+        Backends whose answers depend on settings (chat template, dtype, ...) override this; the
+        default ``""`` means "answers depend on the weights only".
+        """
+        return ""
+
+    @property
     def weights(self) -> Mapping[str, torch.Tensor]:
         """The current model's weights, for tasks that compute on tensors directly."""
         raise NotImplementedError(f"{type(self).__name__} does not expose weights")
@@ -146,8 +155,41 @@ class Task(ABC):
     #: Whether the task needs a text-generating backend (``generate``/``loglikelihood``).
     needs_text: ClassVar[bool] = True
 
+    #: Identity of the task's settings and data, part of result-cache keys; builders set it (for
+    #: built-in kinds, a hash of the params and the data files). ``""`` means unknown.
+    signature: str = ""
+
     def __init__(self, *, name: str) -> None:
         self.name = name
+
+    def prepare(self, split: str) -> None:  # noqa: B027 - optional hook, deliberately empty
+        """One-off work on a split before any model is scored (reference answers, data checks).
+
+        Called before the first model is loaded, so that bad data is reported before long work
+        starts. Must be idempotent. The default does nothing.
+
+        Args:
+            split: ``validation`` or ``test``.
+
+        Raises:
+            CycleQDError: When the task's data cannot be used.
+        """
+
+    def score_predictions(self, predictions: Mapping[str, Any], *, split: str) -> TaskResult:
+        """Score saved model outputs without a model, through the same checks as :meth:`evaluate`.
+
+        Args:
+            predictions: Item id → what the model produced (text; agent tasks take the list of the
+                model's turns). Items without a prediction score 0.
+            split: ``validation`` or ``test``.
+
+        Returns:
+            The task's result on that split.
+
+        Raises:
+            NotImplementedError: When the task cannot score saved outputs.
+        """
+        raise NotImplementedError(f"task {self.name} ({type(self).__name__}) cannot score saved predictions")
 
     @abstractmethod
     def evaluate(self, backend: Backend, *, split: str) -> TaskResult:

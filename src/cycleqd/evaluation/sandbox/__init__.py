@@ -1,0 +1,26 @@
+"""Sandbox for everything a model wrote: limits, a private folder, and OS isolation where available.
+
+See ``docs/sandbox.md`` for what is isolated with and without root.
+"""
+
+from cycleqd.evaluation.sandbox.core import (
+    ISOLATION_NAMES,
+    IsolationReport,
+    Sandbox,
+    SandboxLimits,
+    SandboxResult,
+    SandboxSession,
+    SandboxUnavailableError,
+    write_files,
+)
+
+__all__ = [
+    "ISOLATION_NAMES",
+    "IsolationReport",
+    "Sandbox",
+    "SandboxLimits",
+    "SandboxResult",
+    "SandboxSession",
+    "SandboxUnavailableError",
+    "write_files",
+]

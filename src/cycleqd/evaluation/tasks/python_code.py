@@ -1,0 +1,157 @@
+"""``python_code``: the model writes a function that must pass the item's assert-style tests.
+
+This is MBPP-style pass@1 with greedy decoding.
+
+Item fields: ``prompt`` (the problem), ``tests`` (assert statements; ``test_list`` also accepted),
+``setup`` (code run before the solution, such as imports; ``test_setup_code`` also accepted).
+
+The answer's code (the first fenced Python block, else the whole answer) runs in the sandbox with a
+small harness that executes the setup, the solution and each test in turn and reports the first
+failure. The verdict line carries a random token given on stdin, so that printing alone does not fake
+a pass (code in the same process could still find the token by introspection: the sandbox, not the
+harness, is what contains hostile code). The tests reach the harness on stdin, not in a file the
+solution could read.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+from pydantic import AliasChoices, Field
+
+from cycleqd.evaluation.base import ItemResult
+from cycleqd.evaluation.tasks.common import BuiltinTask, ExecParams, Item, extract_code, failed, passed
+
+HARNESS = r'''
+import ast
+import json
+import sys
+
+
+def describe(test, env):
+    """The value of the left side of a failed `assert x == y`, for the failure message."""
+    try:
+        node = ast.parse(test).body[0]
+        if isinstance(node, ast.Assert) and isinstance(node.test, ast.Compare):
+            value = eval(compile(ast.Expression(node.test.left), "<test>", "eval"), env)
+            text = repr(value)
+            return text if len(text) <= 200 else text[:200] + "..."
+    except BaseException:
+        pass
+    return None
+
+
+def main():
+    # The token and the tests come on stdin, so the solution cannot read them from a file.
+    token = sys.stdin.readline().strip()
+    spec = json.loads(sys.stdin.read())
+    out = sys.stdout
+
+    def report(verdict):
+        out.write("\n" + token + json.dumps(verdict) + "\n")
+        out.flush()
+
+    with open("solution.py", encoding="utf-8") as fh:
+        source = fh.read()
+    env = {"__name__": "__main__", "__builtins__": __builtins__}
+    try:
+        code = compile(source, "solution.py", "exec")
+    except SyntaxError as exc:
+        report({"status": "syntax", "message": f"{exc.msg} (line {exc.lineno})"})
+        return
+    try:
+        if spec["setup"]:
+            exec(spec["setup"], env)
+        exec(code, env)
+    except BaseException as exc:
+        report({"status": "load", "message": f"{type(exc).__name__}: {exc}"[:300]})
+        return
+    for index, test in enumerate(spec["tests"]):
+        try:
+            exec(test, env)
+        except AssertionError:
+            report({"status": "fail", "index": index, "test": test, "got": describe(test, env)})
+            return
+        except BaseException as exc:
+            message = f"{type(exc).__name__}: {exc}"[:300]
+            report({"status": "error", "index": index, "test": test, "message": message})
+            return
+    report({"status": "pass"})
+
+
+main()
+'''
+
+
+class PythonCodeParams(ExecParams):
+    """Options of ``python_code`` (see :class:`~cycleqd.evaluation.tasks.common.ExecParams`)."""
+
+
+class PythonCodeItem(Item):
+    """A ``python_code`` item."""
+
+    prompt: str = Field(validation_alias=AliasChoices("prompt", "text"))
+    tests: list[str] = Field(min_length=1, validation_alias=AliasChoices("tests", "test_list"))
+    setup: str = Field("", validation_alias=AliasChoices("setup", "test_setup_code"))
+
+
+class PythonCodeTask(BuiltinTask[PythonCodeParams, PythonCodeItem]):
+    """Code generation judged by running the item's tests in the sandbox."""
+
+    params_model = PythonCodeParams
+    item_model = PythonCodeItem
+    uses_sandbox = True
+    default_template = (
+        "{prompt}\nYour code should pass these tests:\n{tests_text}\n"
+        "Write the Python function in a ```python code block."
+    )
+
+    def prompt_fields(self, item: PythonCodeItem) -> dict[str, Any]:  # noqa: D102
+        return {**item.model_dump(), "tests_text": "\n".join(item.tests)}
+
+    def judge(self, item: PythonCodeItem, output: str) -> ItemResult:  # noqa: D102
+        code = extract_code(output, languages=("python", "py", "python3"), mode=self.params.extract)
+        if not code.strip():
+            return failed(item, output, "malformed: the answer holds no code")
+        token = secrets.token_hex(16)
+        sandbox = self.context.sandbox
+        result = sandbox.run(
+            [sandbox.python, "-I", "../support/harness.py"],
+            files={"solution.py": code},
+            support_files={"harness.py": HARNESS},
+            stdin=token + "\n" + json.dumps({"setup": item.setup, "tests": item.tests}),
+            limits=self.limits(),
+        )
+        detail: dict[str, Any] = {"code": code}
+        verdict = None
+        for line in reversed(result.stdout.splitlines()):
+            if line.startswith(token):
+                try:
+                    verdict = json.loads(line[len(token) :])
+                except json.JSONDecodeError:
+                    verdict = None
+                break
+        if verdict is None:
+            reason = result.failure() or "the program ended before the tests finished"
+            return failed(item, output, reason, **detail, stderr=result.stderr[-1000:])
+        status = verdict.get("status")
+        if status == "pass":
+            return passed(item, output, **detail)
+        if status == "syntax":
+            return failed(item, output, f"syntax error: {verdict.get('message')}", **detail)
+        if status == "load":
+            return failed(item, output, f"crashed while loading: {verdict.get('message')}", **detail)
+        if status == "fail":
+            got = verdict.get("got")
+            reason = f"test {verdict.get('index')} failed: {verdict.get('test')}" + (
+                f" (got {got})" if got else ""
+            )
+            return failed(item, output, reason, **detail)
+        return failed(
+            item,
+            output,
+            f"test {verdict.get('index')} crashed: {verdict.get('message')} in {verdict.get('test')}",
+            **detail,
+        )

@@ -1,0 +1,177 @@
+"""``shell``: the model writes a shell command, run in the sandbox in a folder made from the item.
+
+Item fields: ``instruction``; ``files`` (relative path → content); the expected outcome as a
+``reference`` command (run the same way, once) and/or ``expected_output`` / ``expected_tree``
+(relative path → content of every file afterwards); optional ``compare``: ``output``, ``tree`` or
+``both`` (default: the task's ``compare`` param).
+
+Outputs are compared after removing trailing blanks of each line and trailing empty lines; trees by
+paths, file contents and symlink targets.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import model_validator
+
+from cycleqd.errors import ConfigError
+from cycleqd.evaluation.base import ItemResult
+from cycleqd.evaluation.sandbox import SandboxResult
+from cycleqd.evaluation.tasks.common import BuiltinTask, ExecParams, Item, clip, extract_code, failed, passed
+from cycleqd.evaluation.tasks.shellenv import (
+    FilesFields,
+    file_list,
+    normalize_output,
+    snapshot,
+    tree_difference,
+    tree_from_files,
+)
+
+Compare = Literal["output", "tree", "both"]
+
+
+class ShellParams(ExecParams):
+    """Options of ``shell``.
+
+    Attributes:
+        shell: The shell that runs commands (``bash -c COMMAND``).
+        compare: What must match by default: ``output``, ``tree`` or ``both``.
+        include_stderr: Compare stdout followed by stderr instead of stdout alone.
+    """
+
+    shell: str = "bash"
+    compare: Compare = "both"
+    include_stderr: bool = False
+
+
+class ShellItem(Item, FilesFields):
+    """A ``shell`` item."""
+
+    instruction: str
+    reference: str | None = None
+    expected_output: str | None = None
+    expected_tree: dict[str, str] | None = None
+    compare: Compare | None = None
+
+    @model_validator(mode="after")
+    def _has_expectation(self) -> ShellItem:
+        if self.reference is None and self.expected_output is None and self.expected_tree is None:
+            raise ValueError("give a reference command, or expected_output and/or expected_tree")
+        return self
+
+
+@dataclass(frozen=True)
+class ShellOutcome:
+    """What a command did: its (normalised) output and the folder afterwards."""
+
+    output: str
+    tree: dict[str, str]
+    result: SandboxResult
+
+
+class ShellTask(BuiltinTask[ShellParams, ShellItem]):
+    """Shell commands judged by their output and the folder they leave."""
+
+    params_model = ShellParams
+    item_model = ShellItem
+    uses_sandbox = True
+    default_template = (
+        "You are in a Linux shell, in a folder holding: {file_list}.\nTask: {instruction}\n"
+        "Answer with one bash command in a ```bash code block."
+    )
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._refs: dict[tuple[str, str], ShellOutcome] = {}
+        self._lock = threading.Lock()
+
+    def prompt_fields(self, item: ShellItem) -> dict[str, Any]:  # noqa: D102
+        return {**item.model_dump(), "file_list": file_list(item.files)}
+
+    def run_command(self, item: ShellItem, command: str) -> ShellOutcome:
+        """Run a command in a fresh folder made from the item's files.
+
+        Args:
+            item: The item.
+            command: The shell command.
+
+        Returns:
+            What it did.
+        """
+        with self.context.sandbox.session(files=item.files) as s:
+            result = s.run([self.params.shell, "-c", command], limits=self.limits())
+            tree = snapshot(s.workdir)
+        text = result.stdout + (result.stderr if self.params.include_stderr else "")
+        return ShellOutcome(output=normalize_output(text), tree=tree, result=result)
+
+    def prepare(self, split: str) -> None:
+        """Run the reference commands of a split (once).
+
+        Args:
+            split: The split.
+
+        Raises:
+            ConfigError: When a reference command fails or times out.
+        """
+        todo = [i for i in self.items(split) if i.reference is not None and (split, i.id) not in self._refs]
+
+        def one(item: ShellItem) -> None:
+            assert item.reference is not None
+            outcome = self.run_command(item, item.reference)
+            if outcome.result.timed_out or outcome.result.returncode is None:
+                raise ConfigError(
+                    f"task {self.name}: item {item.id!r} ({split}): the reference command fails: "
+                    f"{outcome.result.failure()}"
+                )
+            with self._lock:
+                self._refs[(split, item.id)] = outcome
+
+        self.map_items(one, todo)  # type: ignore[arg-type]
+
+    def judge(self, item: ShellItem, output: str) -> ItemResult:  # noqa: D102
+        command = extract_code(
+            output, languages=("bash", "sh", "shell", "console"), mode=self.params.extract
+        ).strip()
+        if not command:
+            return failed(item, output, "malformed: the answer holds no command")
+        outcome = self.run_command(item, command)
+        detail = {
+            "command": command,
+            "stdout": outcome.output[-2000:],
+            "exit_status": outcome.result.returncode,
+        }
+        if outcome.result.timed_out:
+            return failed(item, output, outcome.result.failure() or "timed out", **detail)
+        ref = self._refs.get((item.split, item.id))
+        compare = item.compare or self.params.compare
+        if compare in ("output", "both"):
+            expected = (
+                normalize_output(item.expected_output)
+                if item.expected_output is not None
+                else ref.output
+                if ref
+                else None
+            )
+            if expected is not None and outcome.output != expected:
+                crash = outcome.result.failure()
+                return failed(
+                    item,
+                    output,
+                    f"output differs: expected {clip(expected)}, got {clip(outcome.output)}"
+                    + (f" ({crash})" if crash else ""),
+                    **detail,
+                )
+        if compare in ("tree", "both"):
+            if item.expected_tree is not None:
+                expected_tree = tree_from_files(item.expected_tree)
+            elif ref is not None:
+                expected_tree = ref.tree
+            else:
+                expected_tree = tree_from_files(item.files)
+            diff = tree_difference(outcome.tree, expected_tree)
+            if diff is not None:
+                return failed(item, output, diff, **detail)
+        return passed(item, output, **detail)

@@ -1,0 +1,402 @@
+"""SQLite databases for the ``sql`` and ``agent`` (SQL) kinds.
+
+This module builds them from an item's schema and rows, runs SQL against them in the sandbox, and
+compares results.
+
+No SQL runs in the evaluating process, not even the dataset's: a small runner script (standard library
+``sqlite3``) runs in the sandbox against a copy of the database and answers in JSON.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cycleqd.evaluation.sandbox import Sandbox, SandboxLimits, SandboxResult, SandboxSession
+
+DB_NAME = "db.sqlite"
+
+RUNNER = r"""
+import json
+import sqlite3
+import sys
+
+
+def value(v):
+    return {"$bytes": v.hex()} if isinstance(v, bytes) else v
+
+
+def quote(name):
+    return '"' + name.replace('"', '""') + '"'
+
+
+def fetch(cur, limit):
+    rows = cur.fetchmany(limit + 1)
+    return [[value(v) for v in r] for r in rows[:limit]], len(rows) > limit
+
+
+def dump(con, limit):
+    tables = {}
+    truncated = False
+    names = [r[0] for r in con.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+    for name in names:
+        cur = con.execute("SELECT * FROM " + quote(name))
+        rows, cut = fetch(cur, limit)
+        truncated = truncated or cut
+        tables[name] = {"columns": [d[0] for d in cur.description], "rows": rows}
+    return tables, truncated
+
+
+def build(con, job):
+    if job.get("schema"):
+        con.executescript(job["schema"])
+    existing = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    for name, table in job.get("tables", {}).items():
+        cols = table["columns"]
+        types = table.get("types") or [""] * len(cols)
+        if name not in existing:
+            defs = ", ".join((quote(c) + " " + t).strip() for c, t in zip(cols, types))
+            con.execute("CREATE TABLE " + quote(name) + " (" + defs + ")")
+        marks = ", ".join("?" for _ in cols)
+        con.executemany(
+            "INSERT INTO " + quote(name) + " (" + ", ".join(quote(c) for c in cols) + ")"
+            + " VALUES (" + marks + ")",
+            table["rows"],
+        )
+    con.commit()
+
+
+def main():
+    job = json.loads(sys.stdin.read())
+    mode, limit = job["mode"], job.get("max_rows", 10000)
+    con = sqlite3.connect(job.get("db", "db.sqlite"))
+    try:
+        if mode == "build":
+            build(con, job)
+            result = {"ok": True}
+        elif mode == "query":
+            cur = con.execute(job["sql"])
+            if cur.description is None:
+                result = {"ok": False, "error": "the statement returns no rows (expected a query)"}
+            else:
+                rows, cut = fetch(cur, limit)
+                columns = [d[0] for d in cur.description]
+                result = {"ok": True, "columns": columns, "rows": rows, "truncated": cut}
+        elif mode == "script":
+            con.executescript(job["sql"])
+            con.commit()
+            tables, cut = dump(con, limit)
+            result = {"ok": True, "tables": tables, "truncated": cut}
+        elif mode == "statement":
+            cur = con.execute(job["sql"])
+            if cur.description is not None:
+                rows, cut = fetch(cur, limit)
+                columns = [d[0] for d in cur.description]
+                result = {"ok": True, "columns": columns, "rows": rows, "truncated": cut}
+            else:
+                result = {"ok": True, "rowcount": cur.rowcount}
+            con.commit()
+        elif mode == "dump":
+            tables, cut = dump(con, limit)
+            result = {"ok": True, "tables": tables, "truncated": cut}
+        else:
+            result = {"ok": False, "error": "unknown mode " + repr(mode)}
+    except Exception as exc:
+        result = {"ok": False, "error": type(exc).__name__ + ": " + str(exc)}
+    finally:
+        con.close()
+    sys.stdout.write("\n" + json.dumps(result) + "\n")
+
+
+main()
+"""
+
+
+class TableData(BaseModel):
+    """One table of an item's database.
+
+    Attributes:
+        columns: Column names.
+        types: Column types (``INTEGER``, ``TEXT``, ...); untyped when absent.
+        rows: Rows, each a list with one value per column.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    columns: list[str] = Field(min_length=1)
+    types: list[str] | None = None
+    rows: list[list[Any]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _shapes(self) -> TableData:
+        n = len(self.columns)
+        if self.types is not None and len(self.types) != n:
+            raise ValueError(f"types has {len(self.types)} entries for {n} columns")
+        for i, row in enumerate(self.rows):
+            if len(row) != n:
+                raise ValueError(f"row {i} has {len(row)} values for {n} columns")
+        return self
+
+
+class DatabaseFields(BaseModel):
+    """Item fields that describe a database: ``schema`` (SQL DDL) and/or ``tables``."""
+
+    ddl: str | None = Field(None, validation_alias="schema")
+    tables: dict[str, TableData] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _some_database(self) -> DatabaseFields:
+        if not self.ddl and not self.tables:
+            raise ValueError("give the database as schema (SQL DDL) and/or tables ({name: {columns, rows}})")
+        return self
+
+    def schema_text(self, *, show_rows: int = 0) -> str:
+        """The database as shown in prompts: DDL (given or derived) and optionally the first rows."""
+        parts = [self.ddl.strip()] if self.ddl else []
+        for name, t in self.tables.items():
+            if not self.ddl:
+                types = t.types or [""] * len(t.columns)
+                cols = ", ".join(f"{c} {ty}".strip() for c, ty in zip(t.columns, types, strict=True))
+                parts.append(f"CREATE TABLE {name} ({cols});")
+            if show_rows and t.rows:
+                shown = "\n".join("  " + ", ".join(repr(v) for v in r) for r in t.rows[:show_rows])
+                more = f"\n  ... ({len(t.rows)} rows in all)" if len(t.rows) > show_rows else ""
+                parts.append(f"-- rows of {name} ({', '.join(t.columns)}):\n{shown}{more}")
+        return "\n".join(parts)
+
+    def build_job(self) -> dict[str, Any]:
+        """The runner's ``build`` request."""
+        return {
+            "mode": "build",
+            "schema": self.ddl,
+            "tables": {k: v.model_dump() for k, v in self.tables.items()},
+        }
+
+
+class SQLError(Exception):
+    """SQL failed in the sandbox (message: why)."""
+
+
+def run_sql(
+    target: Sandbox | SandboxSession,
+    job: dict[str, Any],
+    *,
+    db: bytes | None = None,
+    limits: SandboxLimits | None = None,
+    keep_db: bool = False,
+) -> tuple[dict[str, Any], bytes | None]:
+    """Run one runner request in the sandbox.
+
+    Args:
+        target: A sandbox (fresh folder holding a copy of ``db``) or a session (its folder's database).
+        job: The request (``mode`` and its fields).
+        db: Database bytes to copy into a fresh folder (with a sandbox target).
+        limits: Limits of the run.
+        keep_db: Return the database's bytes after the run.
+
+    Returns:
+        The runner's answer and, with ``keep_db``, the database afterwards.
+
+    Raises:
+        SQLError: When the runner did not answer (timeout, crash, output too large).
+    """
+    if isinstance(target, Sandbox):
+        files = {DB_NAME: db} if db is not None else {}
+        with target.session(files=files, support_files={"sql_runner.py": RUNNER}) as s:
+            return run_sql(s, job, limits=limits, keep_db=keep_db)
+    session = target
+    if not (session.support / "sql_runner.py").exists():
+        (session.support / "sql_runner.py").write_text(RUNNER)
+    limits = limits or session._sandbox.limits
+    result = session.run(
+        [session._sandbox.python, "-I", "-S", "../support/sql_runner.py"],
+        stdin=json.dumps(job),
+        limits=limits,
+    )
+    answer = _parse_answer(result)
+    data = session.read_file(DB_NAME, max_bytes=limits.max_file_mb * 1024 * 1024) if keep_db else None
+    return answer, data
+
+
+def _parse_answer(result: SandboxResult) -> dict[str, Any]:
+    lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
+    if lines and not result.timed_out and not result.output_truncated:
+        try:
+            answer = json.loads(lines[-1])
+            if isinstance(answer, dict) and "ok" in answer:
+                return answer
+        except json.JSONDecodeError:
+            pass
+    if result.output_truncated:
+        raise SQLError("the result is larger than the sandbox's output limit")
+    raise SQLError(result.failure() or "the SQL runner gave no answer")
+
+
+# -- comparing results ------------------------------------------------------------------------------
+_STRINGS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|`[^`]*`|\[[^\]]*\]")
+_COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.DOTALL)
+_PARENS = re.compile(r"\([^()]*\)")
+
+
+def _strip_sql(sql: str) -> str:
+    s = _COMMENTS.sub(" ", sql)
+    s = _STRINGS.sub("''", s)
+    prev = None
+    while prev != s:
+        prev, s = s, _PARENS.sub(" ", s)
+    return s
+
+
+def reference_orders(sql: str) -> bool:
+    """Whether a query orders its result at the top level (``ORDER BY`` outside sub-queries)."""
+    return re.search(r"\border\s+by\b", _strip_sql(sql), re.IGNORECASE) is not None
+
+
+def is_query(sql: str) -> bool:
+    """Whether SQL reads rather than modifies (starts with SELECT, WITH ... SELECT or VALUES)."""
+    s = _COMMENTS.sub(" ", sql).strip().lstrip("(").lower()
+    if s.startswith(("select", "values")):
+        return True
+    if s.startswith("with"):
+        return not re.search(r"\b(insert|update|delete|replace)\b", _strip_sql(sql), re.IGNORECASE)
+    return False
+
+
+def canon(value: Any, *, digits: int = 6) -> Any:
+    """A value in a form where equal results compare equal (``1.0`` → ``1``, floats rounded)."""
+    if isinstance(value, dict) and "$bytes" in value:
+        return ("bytes", value["$bytes"])
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float):
+        if math.isfinite(value) and value == math.floor(value) and abs(value) < 2**53:
+            return int(value)
+        return round(value, digits) if math.isfinite(value) else value
+    if isinstance(value, (list, tuple)):
+        return tuple(canon(v, digits=digits) for v in value)
+    return value
+
+
+def canon_rows(rows: Iterable[Sequence[Any]], *, digits: int = 6) -> list[tuple[Any, ...]]:
+    """Rows as tuples of canonical values."""
+    return [tuple(canon(v, digits=digits) for v in row) for row in rows]
+
+
+def same_rows(got: Sequence[tuple[Any, ...]], expected: Sequence[tuple[Any, ...]], *, ordered: bool) -> bool:
+    """Equal as lists (``ordered``) or as multisets."""
+    if ordered:
+        return list(got) == list(expected)
+    return Counter(got) == Counter(expected)
+
+
+def _show(rows: Sequence[tuple[Any, ...]], n: int = 3) -> str:
+    shown = ", ".join(repr(r) for r in rows[:n])
+    return f"{len(rows)} row{'s' if len(rows) != 1 else ''}" + (
+        f" [{shown}{', ...' if len(rows) > n else ''}]" if rows else ""
+    )
+
+
+def rows_difference(
+    got: Sequence[tuple[Any, ...]], expected: Sequence[tuple[Any, ...]], *, ordered: bool
+) -> str:
+    """Why two results differ, in one line."""
+    if ordered and Counter(got) == Counter(expected):
+        return f"right rows in the wrong order: expected {_show(expected)}, got {_show(got)}"
+    return f"result differs: expected {_show(expected)}, got {_show(got)}"
+
+
+def canon_tables(tables: dict[str, Any], *, digits: int = 6) -> dict[str, Counter[tuple[Any, ...]]]:
+    """Table contents as multisets of canonical rows (row order in a table carries no meaning)."""
+    return {name: Counter(canon_rows(t["rows"], digits=digits)) for name, t in tables.items()}
+
+
+def tables_difference(got: dict[str, Any], expected: dict[str, Any], *, digits: int = 6) -> str | None:
+    """Why two databases' contents differ (``None`` when equal)."""
+    g, e = canon_tables(got, digits=digits), canon_tables(expected, digits=digits)
+    if g == e:
+        return None
+    problems = []
+    for name in sorted(set(e) - set(g)):
+        problems.append(f"table {name} is missing")
+    for name in sorted(set(g) - set(e)):
+        problems.append(f"unexpected table {name}")
+    for name in sorted(set(g) & set(e)):
+        if g[name] != e[name]:
+            missing = sum((e[name] - g[name]).values())
+            extra = sum((g[name] - e[name]).values())
+            problems.append(f"table {name}: {missing} expected row(s) missing, {extra} unexpected row(s)")
+    return "database differs: " + "; ".join(problems)
+
+
+@dataclass(frozen=True)
+class SQLReference:
+    """The reference answer of an item.
+
+    Attributes:
+        mode: ``result`` (compare query results) or ``tables`` (compare database contents).
+        rows: Canonical rows of the reference query (``result``).
+        ordered: Whether row order matters (``result``).
+        tables: Database contents after the reference statement(s) (``tables``).
+    """
+
+    mode: Literal["result", "tables"]
+    rows: list[tuple[Any, ...]] | None = None
+    ordered: bool = False
+    tables: dict[str, Any] | None = None
+
+
+def parse_answer_values(text: str, *, digits: int = 6) -> list[Any]:
+    """The values of a final answer such as ``[('Alice', 3)]``, flattened and canonical.
+
+    Numbers written as strings count as numbers. Text that is not a Python literal is one value.
+
+    Args:
+        text: The answer.
+        digits: Decimal places kept of floats.
+
+    Returns:
+        The flat list of values.
+    """
+    text = text.strip()
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        value = text.strip("'\"")
+    out: list[Any] = []
+
+    def walk(v: Any) -> None:
+        if isinstance(v, (list, tuple, set)):
+            for x in v:
+                walk(x)
+        else:
+            out.append(canon(_numeric(v), digits=digits))
+
+    walk(value)
+    return out
+
+
+def _numeric(v: Any) -> Any:
+    if isinstance(v, str):
+        try:
+            return int(v)
+        except ValueError:
+            try:
+                f = float(v)
+                return f if math.isfinite(f) else v
+            except ValueError:
+                return v.strip()
+    return v
+
+
+def flatten_rows(rows: Sequence[tuple[Any, ...]], *, digits: int = 6) -> list[Any]:
+    """All values of the rows in order, canonical, numbers in strings counted as numbers."""
+    return [canon(_numeric(v), digits=digits) for row in rows for v in row]
