@@ -47,5 +47,7 @@ def import_object(ref: str, *, search_paths: Sequence[str | Path] = (), what: st
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise ConfigError(f"module {module_name!r} has no attribute {attr!r} (for {what} {ref!r})") from None
+            raise ConfigError(
+                f"module {module_name!r} has no attribute {attr!r} (for {what} {ref!r})"
+            ) from None
     return obj

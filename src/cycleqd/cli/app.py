@@ -6,7 +6,7 @@ import typer
 
 app = typer.Typer(
     name="cycleqd",
-    help="CycleQD: grow a swarm of multi-skill models from single-skill experts by quality-diversity evolution.",
+    help="CycleQD: grow multi-skill models from single-skill experts by quality-diversity evolution.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -1,0 +1,346 @@
+"""The run configuration: one YAML file, validated with pydantic before any work starts.
+
+Unknown fields are errors; every error names the field (``mutation.rho``) and what is expected.
+Relative paths are resolved against the folder of the YAML file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cycleqd.errors import ConfigError
+from cycleqd.evaluation.spec import EvaluationSpec, TaskSpec
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelsConfig(_Strict):
+    """The base model and one expert per task.
+
+    Attributes:
+        base: Folder, weights file or hub id of the base model θ0.
+        experts: Task name → folder, file or hub id of the expert fine-tuned for it.
+        dtype: Storage dtype of children and the aggregate (``float32``, ``bfloat16``, ``float16``,
+            ``auto`` = the base's).
+        check_finite: Scan base and experts for NaN/Inf before the run.
+    """
+
+    base: str
+    experts: dict[str, str]
+    dtype: str = "float32"
+    check_finite: bool = True
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, v: str) -> str:
+        if v.lower() not in {"float32", "fp32", "bfloat16", "bf16", "float16", "fp16", "auto"}:
+            raise ValueError("must be one of float32, bfloat16, float16, auto")
+        return v.lower()
+
+
+class ArchiveConfig(_Strict):
+    """Archive grid.
+
+    Attributes:
+        bins: Bins per behaviour characteristic (paper: 15).
+        ranges: Explicit [low, high] per task, overriding the paper's rule for that task.
+        low_factor: Paper's rule: low = low_factor × weakest expert's score.
+        high_factor: Paper's rule: high = high_factor × strongest expert's score.
+    """
+
+    bins: int = Field(15, ge=1, le=1000)
+    ranges: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    low_factor: float = Field(0.85, ge=0.0)
+    high_factor: float = Field(1.15, ge=0.0)
+
+    @field_validator("ranges")
+    @classmethod
+    def _ranges(cls, v: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        for task, (lo, hi) in v.items():
+            if not 0.0 <= lo < hi <= 1.0:
+                raise ValueError(f"range of {task} must satisfy 0 <= low < high <= 1, got [{lo}, {hi}]")
+        return v
+
+
+class SelectionConfig(_Strict):
+    """Parent selection: ``elite`` (paper's elite sampling) or ``uniform`` (ablation)."""
+
+    method: Literal["elite", "uniform"] = "elite"
+    alpha_low: float = Field(0.5, gt=0.0)
+    alpha_high: float = Field(0.8, gt=0.0)
+
+
+class CrossoverConfig(_Strict):
+    """Crossover ω ~ N(mean, std²) per parent (per layer group with ``per_layer``)."""
+
+    mean: float = 1.0
+    std: float = Field(0.01, ge=0.0)
+    per_layer: bool = False
+
+
+class MutationConfig(_Strict):
+    """Mutation of the child's task vector.
+
+    Attributes:
+        kind: ``svd-expert`` (official code), ``svd-self`` (paper), ``gaussian`` (ablation), ``none``.
+        rho: svd-expert: r ~ U[0, rho).
+        rank: svd-expert: truncation rank of the expert SVDs (``null`` keeps all).
+        low: svd-self: lower bound of the singular-value factors.
+        high: svd-self: upper bound.
+        randomized_above: svd-self: randomized SVD for matrices with more elements than this.
+        randomized_rank: svd-self: rank of the randomized SVD.
+        sigma: gaussian: standard deviation.
+        skip: Regular expressions of tensor names never mutated (1-D tensors never are).
+        svd_cache: Folder of the expert SVD cache (default: ``svd`` in the run folder).
+    """
+
+    kind: Literal["svd-expert", "svd-self", "gaussian", "none"] = "svd-expert"
+    rho: float = Field(0.1, ge=0.0)
+    rank: int | None = Field(None, ge=1)
+    low: float = 0.9
+    high: float = 1.1
+    randomized_above: int | None = Field(None, ge=1)
+    randomized_rank: int = Field(256, ge=1)
+    sigma: float = Field(3e-4, ge=0.0)
+    skip: list[str] = Field(default_factory=lambda: ["norm"])
+    svd_cache: str | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> MutationConfig:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
+        return self
+
+
+class AggregationConfig(_Strict):
+    """Final aggregation θ0 + Σ_k softmax(f/T)_k τ_{e_k}."""
+
+    temperature: float = Field(1.0, gt=0.0)
+
+
+class RunnerConfig(_Strict):
+    """Where children are built and evaluated.
+
+    Attributes:
+        kind: ``local`` (this process) or ``ray``.
+        address: Ray cluster address (``null`` or ``local`` starts a local cluster).
+        workers: Number of Ray workers; also the number of jobs in flight.
+        gpus_per_worker: GPUs each Ray worker reserves.
+        cpus_per_worker: CPUs each Ray worker reserves.
+        parent_cache: How many parents each worker keeps in memory.
+        max_retries: Times a job is retried on another worker after its worker died.
+    """
+
+    kind: Literal["local", "ray"] = "local"
+    address: str | None = None
+    workers: int = Field(1, ge=1)
+    gpus_per_worker: float = Field(0.0, ge=0.0)
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    parent_cache: int = Field(2, ge=0)
+    max_retries: int = Field(3, ge=0)
+
+
+class RunConfig(_Strict):
+    """A CycleQD run.
+
+    Attributes:
+        seed: Run seed; every draw of generation g derives from (seed, g).
+        generations: Number of children to make (paper: 1200).
+        cycle: Rotate the active task every generation; ``false`` keeps the first task (ablation).
+        models: Base and experts.
+        tasks: The skills, in archive order.
+        evaluation: Backend and evaluation settings.
+        archive: Grid settings.
+        selection: Parent selection.
+        crossover: Crossover settings.
+        mutation: Mutation settings.
+        aggregation: Final aggregation.
+        runner: Local or Ray.
+        root: Folder where custom task modules (``module:Class``) are found; defaults to the config
+            file's folder (the resolved config in a run folder records it).
+    """
+
+    root: str | None = None
+    seed: int = 0
+    generations: int = Field(ge=0)
+    cycle: bool = True
+    models: ModelsConfig
+    tasks: list[TaskSpec]
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    crossover: CrossoverConfig = Field(default_factory=CrossoverConfig)
+    mutation: MutationConfig = Field(default_factory=MutationConfig)
+    aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        names = [t.name for t in self.tasks]
+        if len(names) < 2:
+            raise ValueError(
+                "tasks: CycleQD needs at least two tasks (one archive per task, cells from the others)"
+            )
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"tasks: names must be unique, {', '.join(dupes)} repeated")
+        missing = [n for n in names if n not in self.models.experts]
+        extra = [n for n in self.models.experts if n not in names]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"no expert for task(s) {', '.join(missing)}")
+            if extra:
+                parts.append(f"expert(s) {', '.join(extra)} match no task")
+            raise ValueError(
+                f"models.experts: {'; '.join(parts)}; give one expert per task, keyed by the task name"
+            )
+        unknown = [t for t in self.archive.ranges if t not in names]
+        if unknown:
+            raise ValueError(
+                f"archive.ranges: unknown task(s) {', '.join(unknown)}; tasks are {', '.join(names)}"
+            )
+        return self
+
+    @property
+    def task_names(self) -> list[str]:
+        """Task names in archive order."""
+        return [t.name for t in self.tasks]
+
+
+def format_validation_error(exc: ValidationError, *, source: str) -> str:
+    """One line per problem: the dotted field, what is wrong, and the value given.
+
+    Args:
+        exc: The pydantic error.
+        source: The config file, for the message.
+
+    Returns:
+        A readable multi-line message.
+    """
+    lines = [f"{source} is not a valid config ({exc.error_count()} problem(s)):"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field; remove it or check its spelling (see the documented fields)"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        given = err.get("input")
+        shown = (
+            ""
+            if err["type"] in {"missing", "extra_forbidden"} or isinstance(given, dict)
+            else f" (got {given!r})"
+        )
+        lines.append(f"  {loc}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def resolve_path(value: str, root: Path) -> str:
+    """A path relative to the config folder, made absolute.
+
+    Hub ids (``org/name``) that do not exist locally are left as they are.
+
+    Args:
+        value: Path or hub id from the config.
+        root: Folder of the config file.
+
+    Returns:
+        The absolute path, or the hub id.
+    """
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return str(p)
+    candidate = (root / p).resolve()
+    if candidate.exists() or value.startswith((".", "~")) or value.count("/") != 1:
+        return str(candidate)
+    return value
+
+
+def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read, resolve and validate a run config.
+
+    Args:
+        path: The YAML file.
+        overrides: Top-level keys replacing those of the file (used by the demo and tests).
+
+    Returns:
+        The validated config, with model and data paths made absolute.
+
+    Raises:
+        ConfigError: When the file is missing, not YAML, or not a valid config (the message lists
+            every problem with its field).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of fields (models, tasks, generations, ...)")
+    raw.update(overrides or {})
+    return config_from_dict(raw, root=path.resolve().parent, source=str(path))
+
+
+def config_from_dict(raw: dict[str, Any], *, root: Path, source: str = "config") -> RunConfig:
+    """Validate a config given as a dict, resolving relative paths against ``root``.
+
+    Args:
+        raw: The config's fields.
+        root: Folder relative paths are resolved against.
+        source: Name used in messages.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        ConfigError: When it is not valid.
+    """
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source=source)) from None
+    cfg.models.base = resolve_path(cfg.models.base, root)
+    cfg.models.experts = {k: resolve_path(v, root) for k, v in cfg.models.experts.items()}
+    if cfg.mutation.svd_cache:
+        cfg.mutation.svd_cache = str((root / cfg.mutation.svd_cache).resolve())
+    for task in cfg.tasks:
+        if isinstance(task.data, str):
+            task.data = str((root / task.data).resolve())
+        elif isinstance(task.data, dict):
+            task.data = {split: str((root / p).resolve()) for split, p in task.data.items()}
+    cfg.root = str((root / cfg.root).resolve()) if cfg.root else str(root.resolve())
+    return cfg
+
+
+def check_model_paths(cfg: RunConfig) -> None:
+    """Refuse local model paths that do not exist, before anything is loaded.
+
+    Args:
+        cfg: A validated config.
+
+    Raises:
+        ConfigError: Naming each missing path and its field.
+    """
+    problems = []
+    entries = [("models.base", cfg.models.base)] + [
+        (f"models.experts.{k}", v) for k, v in cfg.models.experts.items()
+    ]
+    for field_name, value in entries:
+        if Path(value).is_absolute() and not Path(value).exists():
+            problems.append(f"  {field_name}: {value} does not exist")
+    if problems:
+        raise ConfigError("model paths not found:\n" + "\n".join(problems) + "\nfix the paths in the config")
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML (written to the run folder)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

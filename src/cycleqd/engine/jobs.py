@@ -1,0 +1,274 @@
+"""One generation's work: build a child from two parents and evaluate it.
+
+The driver draws a :class:`Job` (who the parents are, which seed); :func:`execute_job` does the heavy
+part and can run in the driver's process (local runner) or next to a GPU in a worker (Ray runner).
+Building streams tensor by tensor from the parents' memory-mapped files: peak memory is the child
+being built plus a few tensors, whatever the size of the parents.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from cycleqd.evaluation.evaluator import Evaluator
+from cycleqd.operators import CrossoverPlan, Mutation, crossover_tensor, draw_crossover, mutate_one
+from cycleqd.operators.mutation import FactorSummary, SVDExpertMutation
+from cycleqd.operators.random import make_generator
+from cycleqd.seeding import derive_seed
+from cycleqd.weights import ModelSource, open_model
+from cycleqd.weights.fingerprint import combine_digests, tensor_digest
+
+
+@dataclass(frozen=True)
+class Job:
+    """A generation's recipe, drawn by the driver.
+
+    Attributes:
+        generation: Generation number g.
+        child_id: Id the child will have.
+        active_task: Task whose archive the parents come from (and whose expert svd-expert uses).
+        parents: The two parents' ids.
+        parent_paths: Their weights (absolute paths), so a worker needs no registry.
+        seed: The generation's seed; crossover and mutation draws derive from it.
+    """
+
+    generation: int
+    child_id: str
+    active_task: str
+    parents: tuple[str, ...]
+    parent_paths: tuple[str, ...]
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Job:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**{**d, "parents": tuple(d["parents"]), "parent_paths": tuple(d["parent_paths"])})
+
+
+@dataclass
+class JobOutcome:
+    """What a job produced.
+
+    Attributes:
+        job: The job.
+        scores: Validation score per task, or ``None`` when it failed.
+        error: Why it failed.
+        fingerprint: Hash of the child's tensors.
+        crossover: The drawn crossover coefficients.
+        mutation: The mutation record.
+        seconds: Wall time of the build and the evaluation.
+        weights: The child's weights when they are in this process (local runner); ``None`` when they
+            stay with a remote worker.
+        worker: Which worker ran it (Ray runner).
+    """
+
+    job: Job
+    scores: dict[str, float] | None
+    error: str | None
+    fingerprint: str | None
+    crossover: dict[str, Any] | None
+    mutation: dict[str, Any] | None
+    seconds: dict[str, float] = field(default_factory=dict)
+    weights: dict[str, torch.Tensor] | None = None
+    worker: str | None = None
+
+
+class ParentCache:
+    """Open parent sources, most recently used kept (their memory-mapped pages stay warm).
+
+    Args:
+        size: How many sources to keep open.
+    """
+
+    def __init__(self, size: int = 4) -> None:
+        self._size = max(size, 1)
+        self._open: OrderedDict[str, ModelSource] = OrderedDict()
+
+    def get(self, path: str) -> ModelSource:
+        """The source for a weights path, opened if needed."""
+        src = self._open.get(path)
+        if src is None:
+            src = open_model(path)
+            self._open[path] = src
+            if len(self._open) > self._size:
+                self._open.popitem(last=False)[1].close()
+        else:
+            self._open.move_to_end(path)
+        return src
+
+
+@dataclass
+class ChildBuilder:
+    """Everything needed to build children: the base, the operators and their settings.
+
+    Attributes:
+        base: The base model θ0.
+        mutation: The mutation.
+        crossover_mean: μ of ω.
+        crossover_std: σ of ω.
+        per_layer: Per-layer crossover.
+        skip_patterns: Tensor names never mutated.
+        dtype: Storage dtype of children (``None`` keeps the base's).
+        parents: Cache of open parent sources.
+    """
+
+    base: ModelSource
+    mutation: Mutation
+    crossover_mean: float = 1.0
+    crossover_std: float = 0.01
+    per_layer: bool = False
+    skip_patterns: Sequence[str] = ("norm",)
+    dtype: torch.dtype | None = torch.float32
+    parents: ParentCache = field(default_factory=ParentCache)
+
+    def plan(self, job: Job) -> CrossoverPlan:
+        """Draw the job's crossover coefficients (from its own seed)."""
+        return draw_crossover(
+            generator=make_generator(job.seed, "crossover"),
+            n_parents=len(job.parents),
+            mean=self.crossover_mean,
+            std=self.crossover_std,
+            names=list(self.base),
+            per_layer=self.per_layer,
+        )
+
+    def stream(
+        self, job: Job, plan: CrossoverPlan, summary: FactorSummary, counts: dict[str, int]
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield the child's tensors one at a time: θ0 + mutate(Σ w_i τ_i), in storage dtype.
+
+        Args:
+            job: The job.
+            plan: Its crossover plan.
+            summary: Collects the drawn mutation factors.
+            counts: Collects ``mutated``/``skipped`` counts.
+
+        Yields:
+            (name, tensor) pairs in the base's order.
+        """
+        parents = [self.parents.get(p) for p in job.parent_paths]
+        mutation_seed = derive_seed(job.seed, "mutation")
+        expert = job.active_task if isinstance(self.mutation, SVDExpertMutation) else None
+        for name in self.base:
+            b = self.base[name]
+            if not b.is_floating_point():
+                yield name, b
+                continue
+            b32 = b.float()
+            taus = [p[name].float() - b32 for p in parents]
+            tau = crossover_tensor(name, taus, plan)
+            tau, factors, changed = mutate_one(
+                name, tau, self.mutation, seed=mutation_seed, skip_patterns=self.skip_patterns, expert=expert
+            )
+            counts["mutated" if changed else "skipped"] += 1
+            if factors is not None:
+                summary.add(factors)
+            yield name, (b32 + tau).to(self.dtype or b.dtype)
+
+    def build(self, job: Job) -> tuple[dict[str, torch.Tensor], str, CrossoverPlan, dict[str, Any]]:
+        """Build a child in memory.
+
+        Args:
+            job: The job.
+
+        Returns:
+            The child's weights, its fingerprint, the crossover plan and the mutation record.
+        """
+        plan = self.plan(job)
+        summary = FactorSummary()
+        counts = {"mutated": 0, "skipped": 0}
+        weights: dict[str, torch.Tensor] = {}
+        digests = []
+        for name, t in self.stream(job, plan, summary, counts):
+            weights[name] = t
+            digests.append((name, tensor_digest(name, t)))
+        record = {
+            "kind": self.mutation.kind,
+            "params": self.mutation.params(),
+            **counts,
+            "factors": summary.to_record(),
+            "expert": job.active_task if isinstance(self.mutation, SVDExpertMutation) else None,
+        }
+        return weights, combine_digests(digests), plan, record
+
+
+def validation_scores(results: Mapping[str, Any], tasks: Sequence[str]) -> dict[str, float]:
+    """Check and extract the score of every task from an evaluation.
+
+    Args:
+        results: Task name → result (:class:`~cycleqd.evaluation.base.TaskResult`).
+        tasks: Tasks that must all be present.
+
+    Returns:
+        Task name → score.
+
+    Raises:
+        ValueError: If a task is missing or its score is not a finite number in [0, 1].
+    """
+    scores = {}
+    for task in tasks:
+        if task not in results:
+            raise ValueError(f"task {task} returned no result")
+        score = getattr(results[task], "score", results[task])
+        if not isinstance(score, (int, float)) or not (0.0 <= float(score) <= 1.0):
+            raise ValueError(f"task {task} returned the score {score!r}, not a number in [0, 1]")
+        scores[task] = float(score)
+    return scores
+
+
+def execute_job(
+    job: Job, builder: ChildBuilder, evaluator: Evaluator, *, keep_weights: bool = True
+) -> JobOutcome:
+    """Build and evaluate one child; any exception becomes a failed outcome with its reason.
+
+    Args:
+        job: The job.
+        builder: Builds the child.
+        evaluator: Scores it on the validation split.
+        keep_weights: Return the child's weights in the outcome.
+
+    Returns:
+        The outcome.
+    """
+    t0 = time.perf_counter()
+    plan_record = mutation_record = fingerprint = None
+    try:
+        weights, fingerprint, plan, mutation_record = builder.build(job)
+        plan_record = plan.to_record()
+        t1 = time.perf_counter()
+        results = evaluator.evaluate(weights, fingerprint=fingerprint, split="validation")
+        scores = validation_scores(results, list(evaluator.tasks))
+    except Exception as exc:
+        tb = traceback.extract_tb(exc.__traceback__)
+        where = f" at {tb[-1].filename}:{tb[-1].lineno}" if tb else ""
+        return JobOutcome(
+            job=job,
+            scores=None,
+            error=f"{type(exc).__name__}: {exc}{where}",
+            fingerprint=fingerprint,
+            crossover=plan_record,
+            mutation=mutation_record,
+            seconds={"total": time.perf_counter() - t0},
+        )
+    t2 = time.perf_counter()
+    return JobOutcome(
+        job=job,
+        scores=scores,
+        error=None,
+        fingerprint=fingerprint,
+        crossover=plan_record,
+        mutation=mutation_record,
+        seconds={"build": t1 - t0, "evaluate": t2 - t1},
+        weights=weights if keep_weights else None,
+    )

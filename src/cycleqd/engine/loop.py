@@ -1,0 +1,641 @@
+"""The CycleQD loop: initialise the archives with the experts, make one child per generation, aggregate.
+
+The driver alone owns the archives and the registry. Jobs are drawn in generation order and their
+outcomes are incorporated in generation order, whatever order they finish in. With ``W`` job slots
+(1 for the local runner, the number of workers for Ray), the parents of generation ``g`` are drawn
+from the archives as they stand after generation ``g − W`` was incorporated; the jobs drawn but not yet
+incorporated are part of the checkpoint. A run is therefore a deterministic function of its config
+and ``W``, and a run stopped at any moment and resumed ends exactly as one never stopped.
+
+Write order of a generation (each write atomic): the accepted child's weights, its metrics line, the
+checkpoint, then deletion of the weights no archive refers to any more. On resume, metrics lines past
+the checkpoint and model folders it does not refer to are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from cycleqd.atomic import atomic_write_text
+from cycleqd.config import RunConfig, check_model_paths, dump_config, load_config
+from cycleqd.engine.aggregate import aggregate_tensors, softmax_weights
+from cycleqd.engine.jobs import ChildBuilder, Job, JobOutcome, ParentCache, validation_scores
+from cycleqd.engine.paths import RunPaths
+from cycleqd.engine.registry import ModelKind, ModelRecord, ModelRegistry, ModelStatus
+from cycleqd.engine.runners.base import Runner
+from cycleqd.engine.state import RunState
+from cycleqd.errors import CycleQDError
+from cycleqd.evaluation.base import SPLITS
+from cycleqd.evaluation.cache import ResultCache
+from cycleqd.evaluation.evaluator import Evaluator
+from cycleqd.evaluation.spec import build_backend, build_tasks
+from cycleqd.operators import (
+    ExpertSVDCache,
+    GaussianMutation,
+    Mutation,
+    NoMutation,
+    SVDExpertMutation,
+    SVDSelfMutation,
+    is_mutable,
+)
+from cycleqd.qd import ArchiveSet, DegenerateRangeWarning, archive_metrics, make_bin_specs, select_parents
+from cycleqd.seeding import derive_seed
+from cycleqd.weights import ModelSource, fingerprint_tensors, open_model, save_model, validate_models
+from cycleqd.weights.dtypes import parse_dtype
+
+BASE_ID = "base"
+AGGREGATE_ID = "aggregate"
+
+
+def expert_id(task: str) -> str:
+    """Model id of a task's expert."""
+    return f"expert-{task}"
+
+
+def child_id(generation: int) -> str:
+    """Model id of the child of a generation."""
+    return f"g{generation:06d}"
+
+
+class Reporter(Protocol):
+    """Receives progress from the engine (the command line shows it with rich)."""
+
+    def phase(self, name: str, *, total: int | None = None, done: int = 0) -> None:
+        """A new phase of work starts."""
+
+    def advance(self, info: Mapping[str, Any] | None = None) -> None:
+        """One unit of the current phase is done."""
+
+    def log(self, message: str) -> None:
+        """A line for the user."""
+
+
+class NullReporter:
+    """Reports nothing."""
+
+    def phase(self, name: str, *, total: int | None = None, done: int = 0) -> None:  # noqa: D102
+        pass
+
+    def advance(self, info: Mapping[str, Any] | None = None) -> None:  # noqa: D102
+        pass
+
+    def log(self, message: str) -> None:  # noqa: D102
+        pass
+
+
+@contextlib.contextmanager
+def run_lock(paths: RunPaths) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder (released by the OS if the process dies).
+
+    Raises:
+        CycleQDError: If another process is working on the run.
+    """
+    paths.root.mkdir(parents=True, exist_ok=True)
+    fh = open(paths.lock, "w")  # noqa: SIM115 - held for the whole block
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CycleQDError(
+                f"another process is working on {paths.root}; wait for it to finish or stop it"
+            ) from None
+        yield
+    finally:
+        fh.close()
+
+
+@dataclass
+class Engine:
+    """Runs (or resumes) one CycleQD run in a run folder.
+
+    Build it with :meth:`create` for a new run or :meth:`open` for an existing one.
+
+    Attributes:
+        cfg: The run's config.
+        paths: Its folder.
+        reporter: Progress sink.
+    """
+
+    cfg: RunConfig
+    paths: RunPaths
+    reporter: Reporter = field(default_factory=NullReporter)
+    _evaluator: Evaluator | None = field(default=None, init=False, repr=False)
+    _base: ModelSource | None = field(default=None, init=False, repr=False)
+
+    # -- construction ----------------------------------------------------------------------------
+    @classmethod
+    def create(cls, cfg: RunConfig, out: str | Path, *, reporter: Reporter | None = None) -> Engine:
+        """Prepare a new run in ``out`` (which must not hold anything yet).
+
+        Args:
+            cfg: A validated config.
+            out: The run folder.
+            reporter: Progress sink.
+
+        Returns:
+            The engine; call :meth:`run`.
+
+        Raises:
+            CycleQDError: If ``out`` already holds a run or other files, or a model path is missing.
+        """
+        paths = RunPaths(Path(out).resolve())
+        if paths.checkpoint.exists() or paths.config.exists():
+            raise CycleQDError(
+                f"{paths.root} already holds a run; continue it with `cycleqd resume {out}` "
+                "or give another --out"
+            )
+        if paths.root.exists() and any(p.name != ".lock" for p in paths.root.iterdir()):
+            raise CycleQDError(f"{paths.root} is not empty; give a new or empty folder as --out")
+        check_model_paths(cfg)
+        paths.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(paths.config, dump_config(cfg))
+        return cls(cfg=cfg, paths=paths, reporter=reporter or NullReporter())
+
+    @classmethod
+    def open(cls, run_dir: str | Path, *, reporter: Reporter | None = None) -> Engine:
+        """Open an existing run folder to resume it.
+
+        Args:
+            run_dir: The run folder.
+            reporter: Progress sink.
+
+        Returns:
+            The engine; call :meth:`run`.
+
+        Raises:
+            CycleQDError: If the folder holds no run.
+        """
+        paths = RunPaths(Path(run_dir).resolve())
+        if not paths.config.is_file():
+            raise CycleQDError(f"{paths.root} holds no run (no config.yaml); start one with `cycleqd run`")
+        cfg = load_config(paths.config)
+        return cls(cfg=cfg, paths=paths, reporter=reporter or NullReporter())
+
+    # -- public ----------------------------------------------------------------------------------
+    def run(self, *, runner: Runner | None = None) -> RunState:
+        """Run to the end: initialise (or restore), evolve, aggregate and evaluate on the test split.
+
+        Args:
+            runner: Executes jobs; the local runner by default.
+
+        Returns:
+            The final state.
+        """
+        with run_lock(self.paths):
+            # Build tasks first: bad task data is reported before any model is loaded.
+            tasks = build_tasks(
+                self.cfg.tasks, root=Path(self.cfg.root or "."), evaluation=self.cfg.evaluation
+            )
+            self._base = open_model(self.cfg.models.base, name=BASE_ID)
+            backend = build_backend(self.cfg.evaluation, model_dir=self._base.path)
+            cache = ResultCache(self.paths.eval_cache) if self.cfg.evaluation.cache else None
+            self._evaluator = Evaluator(tasks, backend, cache=cache)
+            for split in SPLITS:  # reference answers and data checks, before any long work
+                self._evaluator.prepare(split)
+            if self.paths.checkpoint.exists():
+                state = RunState.load(self.paths.checkpoint)
+                self._recover(state)
+                self.reporter.log(f"resuming {self.paths.root} at generation {state.generation}")
+            else:
+                state = self._initialise()
+            state.generations = self.cfg.generations
+            if state.generation < state.generations:
+                runner = runner or self._local_runner(state)
+                try:
+                    self._evolve(state, runner)
+                finally:
+                    runner.close()
+            if not state.finished:
+                self._finalise(state)
+            return state
+
+    # -- pieces ----------------------------------------------------------------------------------
+    def _experts(self) -> dict[str, ModelSource]:
+        return {t: open_model(p, name=expert_id(t)) for t, p in self.cfg.models.experts.items()}
+
+    def _initialise(self) -> RunState:
+        cfg, base = self.cfg, self._base
+        assert base is not None
+        assert self._evaluator is not None
+        experts = self._experts()
+        self.reporter.log(f"checking the base and {len(experts)} experts")
+        scans = validate_models(base, list(experts.values()), check_finite=cfg.models.check_finite)
+        registry = ModelRegistry()
+        registry.add(
+            ModelRecord(
+                id=BASE_ID,
+                kind=ModelKind.BASE,
+                status=ModelStatus.REFERENCE,
+                path=str(base.path),
+                fingerprint=scans[BASE_ID].fingerprint,
+            )
+        )
+        self.reporter.phase("evaluating base and experts", total=len(experts) + 1)
+        base_scores = self._scores(base, scans[BASE_ID].fingerprint, "validation")
+        registry[BASE_ID].scores["validation"] = base_scores
+        self.reporter.advance()
+        expert_scores: dict[str, dict[str, float]] = {}
+        for task, src in experts.items():
+            fp = scans[src.name].fingerprint
+            expert_scores[task] = self._scores(src, fp, "validation")
+            registry.add(
+                ModelRecord(
+                    id=src.name,
+                    kind=ModelKind.EXPERT,
+                    status=ModelStatus.ELITE,
+                    path=str(src.path),
+                    fingerprint=fp,
+                    active_task=task,
+                    scores={"validation": expert_scores[task]},
+                )
+            )
+            self.reporter.advance()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DegenerateRangeWarning)
+            specs = make_bin_specs(
+                cfg.task_names,
+                bins=cfg.archive.bins,
+                ranges=cfg.archive.ranges,
+                expert_scores=expert_scores,
+                low_factor=cfg.archive.low_factor,
+                high_factor=cfg.archive.high_factor,
+            )
+        for w in caught:
+            self.reporter.log(f"warning: {w.message}")
+        archives = ArchiveSet(tasks=cfg.task_names, bin_specs=specs)
+        for task in cfg.task_names:
+            archives.add(expert_id(task), expert_scores[task])
+        for rec in registry.of_kind(ModelKind.EXPERT):
+            if archives.refcount(rec.id) == 0:
+                rec.status = ModelStatus.RELEASED
+        self._prepare_mutation_cache(experts, {k: v.fingerprint for k, v in scans.items()})
+        state = RunState(
+            seed=cfg.seed,
+            tasks=cfg.task_names,
+            generation=0,
+            generations=cfg.generations,
+            archives=archives,
+            registry=registry,
+            initial_metrics=self._archive_metrics(archives),
+        )
+        self._fill_in_flight(state, slots=self._slots())
+        state.save(self.paths.checkpoint)
+        return state
+
+    def _slots(self) -> int:
+        return self.cfg.runner.workers if self.cfg.runner.kind == "ray" else 1
+
+    def _scores(self, weights: Mapping[str, torch.Tensor], fingerprint: str, split: str) -> dict[str, float]:
+        assert self._evaluator is not None
+        results = self._evaluator.evaluate(weights, fingerprint=fingerprint, split=split)
+        return validation_scores(results, self.cfg.task_names)
+
+    def _svd_root(self) -> Path:
+        return Path(self.cfg.mutation.svd_cache) if self.cfg.mutation.svd_cache else self.paths.svd
+
+    def _svd_caches(self, fingerprints: Mapping[str, str]) -> dict[str, ExpertSVDCache]:
+        return {
+            task: ExpertSVDCache(
+                ExpertSVDCache.folder_for(
+                    self._svd_root(),
+                    expert_fingerprint=fingerprints[expert_id(task)],
+                    base_fingerprint=fingerprints[BASE_ID],
+                    rank=self.cfg.mutation.rank,
+                ),
+                rank=self.cfg.mutation.rank,
+            )
+            for task in self.cfg.task_names
+        }
+
+    def _prepare_mutation_cache(
+        self, experts: Mapping[str, ModelSource], fingerprints: Mapping[str, str]
+    ) -> None:
+        if self.cfg.mutation.kind != "svd-expert":
+            return
+        base = self._base
+        assert base is not None
+        names = [n for n in base if is_mutable(n, len(base.shape(n)), self.cfg.mutation.skip)]
+        caches = self._svd_caches(fingerprints)
+        self.reporter.phase("expert SVDs", total=len(names) * len(experts))
+        for task, src in experts.items():
+            caches[task].build(src, base, names, progress=lambda _n: self.reporter.advance())
+
+    def _mutation(self, state: RunState) -> Mutation:
+        m = self.cfg.mutation
+        if m.kind == "svd-expert":
+            fps = {
+                r.id: r.fingerprint or ""
+                for r in state.registry
+                if r.kind in (ModelKind.BASE, ModelKind.EXPERT)
+            }
+            caches = self._svd_caches(fps)
+            if not all(c.complete for c in caches.values()):  # deleted or interrupted: rebuild
+                self._prepare_mutation_cache(self._experts(), fps)
+            return SVDExpertMutation(caches=caches, rho=m.rho)
+        if m.kind == "svd-self":
+            return SVDSelfMutation(
+                low=m.low, high=m.high, randomized_above=m.randomized_above, rank=m.randomized_rank
+            )
+        if m.kind == "gaussian":
+            return GaussianMutation(sigma=m.sigma)
+        return NoMutation()
+
+    def child_builder(self, state: RunState) -> ChildBuilder:
+        """The builder of children for this run's settings.
+
+        Args:
+            state: The run state (for the experts' fingerprints).
+
+        Returns:
+            A :class:`~cycleqd.engine.jobs.ChildBuilder`.
+        """
+        assert self._base is not None
+        c = self.cfg
+        return ChildBuilder(
+            base=self._base,
+            mutation=self._mutation(state),
+            crossover_mean=c.crossover.mean,
+            crossover_std=c.crossover.std,
+            per_layer=c.crossover.per_layer,
+            skip_patterns=tuple(c.mutation.skip),
+            dtype=parse_dtype(c.models.dtype),
+            parents=ParentCache(size=max(c.runner.parent_cache, 2) + 2),
+        )
+
+    def _local_runner(self, state: RunState) -> Runner:
+        from cycleqd.engine.runners.local import LocalRunner
+
+        assert self._evaluator is not None
+        if self.cfg.runner.kind == "ray":
+            from cycleqd.engine.runners.ray import RayRunner
+
+            return RayRunner.from_engine(self, state)
+        return LocalRunner(self.child_builder(state), self._evaluator)
+
+    def active_task(self, generation: int) -> str:
+        """The task whose archive supplies the parents of a generation.
+
+        Args:
+            generation: g.
+
+        Returns:
+            tasks[g mod K], or the first task when cycling is off (ablation).
+        """
+        tasks = self.cfg.task_names
+        return tasks[generation % len(tasks)] if self.cfg.cycle else tasks[0]
+
+    def _model_path(self, state: RunState, model_id: str) -> str:
+        rec = state.registry[model_id]
+        assert rec.path is not None, f"model {model_id} has no weights"
+        p = Path(rec.path)
+        return str(p if p.is_absolute() else self.paths.root / p)
+
+    def draw_job(self, state: RunState, generation: int) -> Job:
+        """Draw generation ``g``'s job from the archives as they stand now.
+
+        Args:
+            state: The run state.
+            generation: g.
+
+        Returns:
+            The job (parents chosen with the run's selection rule, seeded by (seed, g)).
+        """
+        task = self.active_task(generation)
+        archive = state.archives[task]
+        rng = np.random.default_rng(derive_seed(state.seed, generation, "selection"))
+        s = self.cfg.selection
+        if len(archive) >= 2:
+            parents = select_parents(
+                archive, rng=rng, method=s.method, n=2, alpha_low=s.alpha_low, alpha_high=s.alpha_high
+            )
+        else:  # a lone elite is crossed with itself; the mutation still varies it
+            parents = [archive.elites()[0].model_id] * 2
+        return Job(
+            generation=generation,
+            child_id=child_id(generation),
+            active_task=task,
+            parents=tuple(parents),
+            parent_paths=tuple(self._model_path(state, p) for p in parents),
+            seed=derive_seed(state.seed, generation),
+        )
+
+    def _fill_in_flight(self, state: RunState, *, slots: int) -> list[Job]:
+        new = []
+        nxt = state.generation + len(state.in_flight)
+        while len(state.in_flight) < slots and nxt < state.generations:
+            job = self.draw_job(state, nxt)
+            state.in_flight.append(job)
+            new.append(job)
+            nxt += 1
+        return new
+
+    def _archive_metrics(self, archives: ArchiveSet) -> dict[str, Any]:
+        return {t: archive_metrics(archives[t]) for t in self.cfg.task_names}
+
+    def _evolve(self, state: RunState, runner: Runner) -> None:
+        slots = runner.slots
+        # Jobs restored from the checkpoint run again first, exactly as drawn.
+        for job in state.in_flight:
+            runner.submit(job)
+        for job in self._fill_in_flight(state, slots=slots):
+            runner.submit(job)
+        waiting: dict[int, JobOutcome] = {}
+        self.reporter.phase("evolving", total=state.generations, done=state.generation)
+        while state.generation < state.generations:
+            while state.generation not in waiting:
+                outcome = runner.next_outcome()
+                waiting[outcome.job.generation] = outcome
+            outcome = waiting.pop(state.generation)
+            line = self._incorporate(state, outcome, runner)
+            for job in self._fill_in_flight(state, slots=slots):
+                runner.submit(job)
+            state.save(self.paths.checkpoint)
+            self._collect_garbage(state)
+            self.reporter.advance(line)
+
+    def _incorporate(self, state: RunState, outcome: JobOutcome, runner: Runner) -> dict[str, Any]:
+        job = outcome.job
+        assert state.in_flight
+        assert state.in_flight[0].generation == job.generation
+        record = ModelRecord(
+            id=job.child_id,
+            kind=ModelKind.CHILD,
+            status=ModelStatus.FAILED,
+            fingerprint=outcome.fingerprint,
+            generation=job.generation,
+            active_task=job.active_task,
+            parents=list(job.parents),
+            seed=job.seed,
+            crossover=outcome.crossover,
+            mutation=outcome.mutation,
+            error=outcome.error,
+        )
+        decisions: dict[str, Any] = {}
+        released: list[str] = []
+        if outcome.scores is not None:
+            record.scores["validation"] = outcome.scores
+            added = state.archives.add(job.child_id, outcome.scores)
+            decisions = {
+                t: {"status": r.status.value, "cell": list(r.cell), "displaced": r.displaced}
+                for t, r in added.results.items()
+            }
+            if state.archives.refcount(job.child_id) > 0:
+                record.status = ModelStatus.ELITE
+                record.path = str(self.paths.model_dir(job.child_id).relative_to(self.paths.root))
+                runner.persist(outcome, self.paths.model_dir(job.child_id))
+            else:
+                record.status = ModelStatus.REJECTED
+                runner.discard(outcome)
+            for model_id in added.released:
+                rec = state.registry[model_id]
+                rec.status = ModelStatus.RELEASED
+                if rec.kind is ModelKind.CHILD:
+                    rec.path = None
+                    released.append(model_id)
+        else:
+            runner.discard(outcome)
+        state.registry.add(record)
+        state.in_flight.pop(0)
+        state.generation += 1
+        line = {
+            "generation": job.generation,
+            "active_task": job.active_task,
+            "parents": list(job.parents),
+            "child": job.child_id,
+            "status": record.status.value,
+            "scores": outcome.scores,
+            "error": outcome.error,
+            "archives": decisions,
+            "released": released,
+            "metrics": self._archive_metrics(state.archives),
+            "crossover": outcome.crossover,
+            "mutation": outcome.mutation,
+            "seconds": outcome.seconds,
+            "worker": outcome.worker,
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        _append_line(self.paths.metrics, line)
+        return line
+
+    def _recover(self, state: RunState) -> None:
+        """Bring the folder back in line with the checkpoint after a stop at any moment."""
+        # Metrics lines written after the last checkpoint are dropped (those generations rerun).
+        if self.paths.metrics.exists():
+            kept = [
+                ln
+                for ln in self.paths.metrics.read_text().splitlines()
+                if ln.strip() and _line_generation(ln) is not None and _line_generation(ln) < state.generation
+            ]
+            atomic_write_text(self.paths.metrics, "".join(k + "\n" for k in kept))
+        self._collect_garbage(state)
+        for entry in self.paths.root.glob(".*.tmp-*"):
+            _remove(entry)
+
+    def _collect_garbage(self, state: RunState) -> None:
+        """Delete the weights of children that no archive holds and no job in flight needs.
+
+        Also removes folders written before a checkpoint that never came and temporary folders of
+        interrupted writes. A released parent of a job still in flight (Ray runner) is kept until
+        that job has been incorporated.
+        """
+        keep = {r.id for r in state.registry if r.kind is ModelKind.CHILD and r.status is ModelStatus.ELITE}
+        keep.update(p for job in state.in_flight for p in job.parents)
+        if self.paths.models.exists():
+            for entry in self.paths.models.iterdir():
+                if entry.name not in keep:
+                    _remove(entry)
+
+    def _finalise(self, state: RunState) -> None:
+        assert self._base is not None
+        assert self._evaluator is not None
+        cfg = self.cfg
+        bests = {t: state.archives[t].best() for t in cfg.task_names}
+        best_ids = [bests[t].model_id for t in cfg.task_names]
+        best_scores = [bests[t].scores[t] for t in cfg.task_names]
+        weights = softmax_weights(best_scores, temperature=cfg.aggregation.temperature)
+        self.reporter.log("aggregating the best elite of each archive")
+        sources = [open_model(self._model_path(state, m), name=m) for m in best_ids]
+        save_model(
+            aggregate_tensors(self._base, sources, weights),
+            self.paths.aggregate,
+            template=self._base,
+            dtype=parse_dtype(cfg.models.dtype),
+        )
+        agg = open_model(self.paths.aggregate, name=AGGREGATE_ID)
+        state.registry.remove(AGGREGATE_ID)  # a finalisation that was interrupted is redone
+        agg_record = ModelRecord(
+            id=AGGREGATE_ID,
+            kind=ModelKind.AGGREGATE,
+            status=ModelStatus.REFERENCE,
+            path=self.paths.aggregate.name,
+            fingerprint=fingerprint_tensors(agg),
+            parents=best_ids,
+        )
+        state.registry.add(agg_record)
+        elites = {e.model_id: e for t in cfg.task_names for e in state.archives[t].elites()}
+        best_average = max(sorted(elites), key=lambda m: sum(elites[m].scores.values()) / len(cfg.task_names))
+        to_test = [BASE_ID, *(expert_id(t) for t in cfg.task_names), *best_ids, best_average, AGGREGATE_ID]
+        order = list(dict.fromkeys(to_test))
+        self.reporter.phase("final evaluation", total=len(order) + 1)
+        agg_record.scores["validation"] = self._scores(agg, agg_record.fingerprint, "validation")
+        self.reporter.advance()
+        for model_id in order:
+            rec = state.registry[model_id]
+            src = (
+                agg
+                if model_id == AGGREGATE_ID
+                else open_model(self._model_path(state, model_id), name=model_id)
+            )
+            rec.scores["test"] = self._scores(src, rec.fingerprint, "test")
+            self.reporter.advance()
+        state.final = {
+            "aggregate": {
+                "path": str(self.paths.aggregate),
+                "elites": dict(zip(cfg.task_names, best_ids, strict=True)),
+                "weights": dict(zip(cfg.task_names, weights, strict=True)),
+                "validation_scores": agg_record.scores["validation"],
+                "test_scores": agg_record.scores["test"],
+            },
+            "best_per_task": {
+                t: {"model": m, "score": s}
+                for t, m, s in zip(cfg.task_names, best_ids, best_scores, strict=True)
+            },
+            "best_average": best_average,
+            "test_scores": {m: state.registry[m].scores["test"] for m in order},
+        }
+        state.finished = True
+        state.save(self.paths.checkpoint)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _line_generation(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["generation"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _append_line(path: Path, data: Mapping[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(data, allow_nan=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())

@@ -1,0 +1,42 @@
+"""The local runner: jobs run one at a time in the driver's process."""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+
+from cycleqd.evaluation.evaluator import Evaluator
+
+from cycleqd.engine.jobs import ChildBuilder, Job, JobOutcome, execute_job
+from cycleqd.engine.runners.base import Runner
+from cycleqd.weights import save_model
+
+
+class LocalRunner(Runner):
+    """Runs each job when its outcome is asked for.
+
+    Args:
+        builder: Builds children.
+        evaluator: Evaluates them.
+    """
+
+    slots = 1
+
+    def __init__(self, builder: ChildBuilder, evaluator: Evaluator) -> None:
+        self.builder = builder
+        self.evaluator = evaluator
+        self._queue: deque[Job] = deque()
+
+    def submit(self, job: Job) -> None:  # noqa: D102
+        self._queue.append(job)
+
+    def next_outcome(self) -> JobOutcome:  # noqa: D102
+        return execute_job(self._queue.popleft(), self.builder, self.evaluator)
+
+    def persist(self, outcome: JobOutcome, path: Path) -> None:  # noqa: D102
+        assert outcome.weights is not None, "the local runner keeps every child's weights"
+        save_model(outcome.weights, path, template=self.builder.base, dtype=None)
+        outcome.weights = None
+
+    def discard(self, outcome: JobOutcome) -> None:  # noqa: D102
+        outcome.weights = None

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from toyrun import cli, write_toy_config
+
+from cycleqd.config import load_config
+from cycleqd.errors import ConfigError
+
+
+def _edit(path: Path, fn) -> Path:
+    raw = yaml.safe_load(path.read_text())
+    fn(raw)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_unknown_and_invalid_fields_are_named(tmp_path: Path) -> None:
+    cfg = write_toy_config(tmp_path)
+
+    def bad(raw):
+        raw["mutation"]["rhoo"] = 0.1
+        raw["selection"]["method"] = "best"
+        raw["archive"]["bins"] = 0
+        raw["generatoins"] = 3
+
+    _edit(cfg, bad)
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg)
+    msg = str(err.value)
+    assert "mutation.rhoo: unknown field" in msg
+    assert "selection.method" in msg
+    assert "archive.bins" in msg
+    assert "generatoins: unknown field" in msg
+
+
+def test_experts_must_match_tasks(tmp_path: Path) -> None:
+    cfg = _edit(write_toy_config(tmp_path), lambda r: r["models"]["experts"].pop("abs"))
+    with pytest.raises(ConfigError, match="no expert for task\\(s\\) abs; give one expert per task"):
+        load_config(cfg)
+
+
+def test_config_errors_come_before_any_model_is_loaded(tmp_path: Path) -> None:
+    # The base path is not a model at all: any attempt to load it would fail with a load error.
+    cfg = write_toy_config(tmp_path, generations=2)
+    _edit(cfg, lambda r: r["tasks"][0]["params"].update(targett="sine"))
+    (tmp_path / "not_a_model.txt").write_text("nope")
+    _edit(cfg, lambda r: r["models"].update(base=str(tmp_path / "not_a_model.txt")))
+    proc = cli("run", str(cfg), "--out", str(tmp_path / "run"), check=False)
+    assert proc.returncode == 2
+    assert "task sine" in proc.stderr
+    assert "targett" in proc.stderr
+    assert "not a weights file" not in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_model_path_is_reported_before_the_run_starts(tmp_path: Path) -> None:
+    cfg = _edit(
+        write_toy_config(tmp_path), lambda r: r["models"]["experts"].update(abs=str(tmp_path / "gone"))
+    )
+    proc = cli("run", str(cfg), "--out", str(tmp_path / "run"), check=False)
+    assert proc.returncode == 2
+    assert f"models.experts.abs: {tmp_path / 'gone'} does not exist" in proc.stderr
+    assert not (tmp_path / "run").exists()

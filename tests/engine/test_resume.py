@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from toyrun import CLI, cli, write_toy_config
+
+GENERATIONS = 24
+
+
+def _final(run: Path) -> dict:
+    ck = json.loads((run / "checkpoint.json").read_text())
+    return {
+        "archives": ck["archives"],
+        "registry": ck["registry"],
+        "generation": ck["generation"],
+        "final": {k: v for k, v in ck["final"].items() if k != "aggregate"},
+        "aggregate_scores": ck["final"]["aggregate"]["test_scores"],
+        "models": sorted(p.name for p in (run / "models").iterdir()),
+    }
+
+
+def _metrics(run: Path) -> list[dict]:
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    for ln in lines:
+        ln.pop("time")
+        ln.pop("seconds")
+    return lines
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("reference")
+    cfg = write_toy_config(folder, generations=GENERATIONS)
+    cli("run", str(cfg), "--out", str(folder / "run"), "--no-progress")
+    return folder / "run"
+
+
+def _kill_when(run: Path, cfg: Path, *, after_lines: int, extra_delay: float) -> None:
+    proc = subprocess.Popen(
+        [CLI, "run", str(cfg), "--out", str(run), "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= after_lines:
+            break
+        time.sleep(0.005)
+    time.sleep(extra_delay)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trial", [0, 1])
+def test_sigkill_at_a_random_generation_then_resume_is_identical(
+    tmp_path: Path, reference: Path, trial: int
+) -> None:
+    rng = random.Random()
+    after = rng.randint(1, GENERATIONS - 6)
+    delay = rng.uniform(0.0, 0.15)
+    cfg = write_toy_config(tmp_path, generations=GENERATIONS)
+    run = tmp_path / "run"
+    _kill_when(run, cfg, after_lines=after, extra_delay=delay)
+    ck = json.loads((run / "checkpoint.json").read_text())
+    assert ck["generation"] < GENERATIONS, "killed too late to test anything"
+    cli("resume", str(run), "--no-progress")
+    assert _final(run) == _final(reference), f"killed after {after} lines + {delay:.3f}s"
+    assert _metrics(run) == _metrics(reference)
+
+
+def test_resume_of_a_finished_run_changes_nothing(reference: Path) -> None:
+    before = (reference / "checkpoint.json").read_text()
+    cli("resume", str(reference), "--no-progress")
+    assert (reference / "checkpoint.json").read_text() == before
+
+
+def test_run_refuses_an_existing_run_folder(reference: Path, tmp_path: Path) -> None:
+    cfg = write_toy_config(tmp_path, generations=2)
+    proc = cli("run", str(cfg), "--out", str(reference), check=False)
+    assert proc.returncode == 2
+    assert "already holds a run" in proc.stderr
+    assert "cycleqd resume" in proc.stderr
