@@ -152,6 +152,8 @@ class RunConfig(_Strict):
     Attributes:
         seed: Run seed; every draw of generation g derives from (seed, g).
         generations: Number of children to make (paper: 1200).
+        stop_after_failures: Stop the run (resumable) when this many children in a row failed: a
+            systematic error, such as a broken task, should not burn the whole budget.
         cycle: Rotate the active task every generation; ``false`` keeps the first task (ablation).
         models: Base and experts.
         tasks: The skills, in archive order.
@@ -169,6 +171,7 @@ class RunConfig(_Strict):
     root: str | None = None
     seed: int = 0
     generations: int = Field(ge=0)
+    stop_after_failures: int = Field(20, ge=1)
     cycle: bool = True
     models: ModelsConfig
     tasks: list[TaskSpec]

@@ -142,3 +142,20 @@ def test_uniform_selection_and_svd_self(tmp_path: Path) -> None:
     state = Engine.create(load_config(cfg), tmp_path / "run").run()
     kinds = {r.mutation["kind"] for r in state.registry if r.kind.value == "child"}
     assert kinds == {"svd-self"}
+
+
+def test_a_systematic_failure_stops_the_run_resumably(tmp_path: Path, flaky_tasks_root: Path) -> None:
+    cfg = write_toy_config(tmp_path, generations=20, root=str(flaky_tasks_root), stop_after_failures=3)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["tasks"][2] = {
+        "name": "abs",
+        "kind": "flaky_tasks:Flaky",
+        "params": {"target": "abs", "raise_on": list(range(5, 100))},
+    }
+    cfg.write_text(yaml.safe_dump(raw))
+    proc = cli("run", str(cfg), "--out", str(tmp_path / "run"), check=False)
+    assert proc.returncode == 2
+    assert "the last 3 children all failed (generations 0-2)" in proc.stderr
+    assert "RuntimeError: simulated failure on call 7" in proc.stderr
+    assert "cycleqd resume" in proc.stderr
+    assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["generation"] == 3

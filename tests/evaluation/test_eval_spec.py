@@ -232,9 +232,15 @@ def test_text_tasks_need_a_text_backend(tmp_path: Path) -> None:
         Evaluator(tasks, build_backend(evaluation, model_dir=None))
 
 
-def test_backend_choices() -> None:
-    with pytest.raises(ConfigError, match="vllm is not available yet"):
+def test_backend_choices(tmp_path) -> None:
+    from cycleqd.evaluation.backends.vllm import vllm_unavailable_reason
+
+    with pytest.raises(ConfigError, match="the vllm backend needs a model folder"):
         build_backend(EvaluationSpec(backend="vllm"), model_dir=None)
+    reason = vllm_unavailable_reason()
+    if reason is not None:  # a CPU machine: the error says why and what to use instead
+        with pytest.raises(ConfigError, match="evaluation.backend is vllm but .*; use backend: hf"):
+            build_backend(EvaluationSpec(backend="vllm"), model_dir=tmp_path)
     with pytest.raises(ConfigError, match="needs a model folder"):
         build_backend(EvaluationSpec(), model_dir=None)
     with pytest.raises(ValueError, match="unknown dtype"):

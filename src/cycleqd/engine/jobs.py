@@ -19,11 +19,13 @@ import torch
 
 from cycleqd.evaluation.evaluator import Evaluator
 from cycleqd.operators import CrossoverPlan, Mutation, crossover_tensor, draw_crossover, mutate_one
-from cycleqd.operators.mutation import FactorSummary, SVDExpertMutation
+from cycleqd.operators.blocked import weighted_sum
+from cycleqd.operators.mutation import FactorSummary, NoMutation, SVDExpertMutation, is_mutable
 from cycleqd.operators.random import make_generator
 from cycleqd.seeding import derive_seed
 from cycleqd.weights import ModelSource, open_model
 from cycleqd.weights.fingerprint import combine_digests, tensor_digest
+from cycleqd.weights.pages import MappedPages
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,7 @@ class ChildBuilder:
     skip_patterns: Sequence[str] = ("norm",)
     dtype: torch.dtype | None = torch.float32
     parents: ParentCache = field(default_factory=ParentCache)
+    _release: MappedPages = field(default_factory=MappedPages, repr=False)
 
     def plan(self, job: Job) -> CrossoverPlan:
         """Draw the job's crossover coefficients (from its own seed)."""
@@ -148,6 +151,10 @@ class ChildBuilder:
     ) -> Iterator[tuple[str, torch.Tensor]]:
         """Yield the child's tensors one at a time: θ0 + mutate(Σ w_i τ_i), in storage dtype.
 
+        With crossover weights that sum to 1 and an additive mutation (svd-expert, gaussian, none),
+        this is Σ w_i θ_i + δ, computed without reading the base. Pages of the parents' files are
+        released after each tensor, so the process holds the child and a few tensors, not the parents.
+
         Args:
             job: The job.
             plan: Its crossover plan.
@@ -160,21 +167,46 @@ class ChildBuilder:
         parents = [self.parents.get(p) for p in job.parent_paths]
         mutation_seed = derive_seed(job.seed, "mutation")
         expert = job.active_task if isinstance(self.mutation, SVDExpertMutation) else None
+        # Additive mutations need no τ: θ_child = Σ w_i θ_i + δ, which reads only the parents.
+        direct = self.mutation.additive or isinstance(self.mutation, NoMutation)
         for name in self.base:
-            b = self.base[name]
-            if not b.is_floating_point():
-                yield name, b
+            if not self.base.dtype(name).is_floating_point:
+                yield name, self.base[name]
                 continue
-            b32 = b.float()
-            taus = [p[name].float() - b32 for p in parents]
-            tau = crossover_tensor(name, taus, plan)
-            tau, factors, changed = mutate_one(
-                name, tau, self.mutation, seed=mutation_seed, skip_patterns=self.skip_patterns, expert=expert
-            )
-            counts["mutated" if changed else "skipped"] += 1
-            if factors is not None:
-                summary.add(factors)
-            yield name, (b32 + tau).to(self.dtype or b.dtype)
+            inputs = [p[name] for p in parents]
+            weights = plan.weights_for(name)
+            mutable = is_mutable(name, len(inputs[0].shape), self.skip_patterns)
+            if direct:
+                theta = weighted_sum(inputs, weights)
+                if mutable and not isinstance(self.mutation, NoMutation):
+                    d, factors = self.mutation.delta(
+                        name, theta.shape, generator=make_generator(mutation_seed, name), expert=expert
+                    )
+                    theta.add_(d)
+                    if factors is not None:
+                        summary.add(factors)
+                    counts["mutated"] += 1
+                else:
+                    counts["skipped"] += 1
+            else:
+                b32 = self.base[name].float()
+                tau = crossover_tensor(name, [torch.sub(x, b32) for x in inputs], plan)
+                tau, factors, changed = mutate_one(
+                    name,
+                    tau,
+                    self.mutation,
+                    seed=mutation_seed,
+                    skip_patterns=self.skip_patterns,
+                    expert=expert,
+                )
+                counts["mutated" if changed else "skipped"] += 1
+                if factors is not None:
+                    summary.add(factors)
+                theta = tau.add_(b32)
+            out = theta.to(self.dtype or self.base.dtype(name))
+            self._release(inputs)
+            del inputs, theta
+            yield name, out
 
     def build(self, job: Job) -> tuple[dict[str, torch.Tensor], str, CrossoverPlan, dict[str, Any]]:
         """Build a child in memory.

@@ -32,6 +32,7 @@ import torch
 from cycleqd.atomic import atomic_write_text
 from cycleqd.config import RunConfig, check_model_paths, dump_config, load_config
 from cycleqd.engine.aggregate import aggregate_tensors, softmax_weights
+from cycleqd.engine.factory import BASE_ID, build_mutation, expert_id, svd_caches
 from cycleqd.engine.jobs import ChildBuilder, Job, JobOutcome, ParentCache, validation_scores
 from cycleqd.engine.paths import RunPaths
 from cycleqd.engine.registry import ModelKind, ModelRecord, ModelRegistry, ModelStatus
@@ -42,27 +43,13 @@ from cycleqd.evaluation.base import SPLITS
 from cycleqd.evaluation.cache import ResultCache
 from cycleqd.evaluation.evaluator import Evaluator
 from cycleqd.evaluation.spec import build_backend, build_tasks
-from cycleqd.operators import (
-    ExpertSVDCache,
-    GaussianMutation,
-    Mutation,
-    NoMutation,
-    SVDExpertMutation,
-    SVDSelfMutation,
-    is_mutable,
-)
+from cycleqd.operators import is_mutable
 from cycleqd.qd import ArchiveSet, DegenerateRangeWarning, archive_metrics, make_bin_specs, select_parents
 from cycleqd.seeding import derive_seed
 from cycleqd.weights import ModelSource, fingerprint_tensors, open_model, save_model, validate_models
 from cycleqd.weights.dtypes import parse_dtype
 
-BASE_ID = "base"
 AGGREGATE_ID = "aggregate"
-
-
-def expert_id(task: str) -> str:
-    """Model id of a task's expert."""
-    return f"expert-{task}"
 
 
 def child_id(generation: int) -> str:
@@ -213,7 +200,7 @@ class Engine:
                 state = self._initialise()
             state.generations = self.cfg.generations
             if state.generation < state.generations:
-                runner = runner or self._local_runner(state)
+                runner = runner or self._runner(state)
                 try:
                     self._evolve(state, runner)
                 finally:
@@ -281,7 +268,7 @@ class Engine:
         for rec in registry.of_kind(ModelKind.EXPERT):
             if archives.refcount(rec.id) == 0:
                 rec.status = ModelStatus.RELEASED
-        self._prepare_mutation_cache(experts, {k: v.fingerprint for k, v in scans.items()})
+        self._prepare_mutation_cache({k: v.fingerprint for k, v in scans.items()})
         state = RunState(
             seed=cfg.seed,
             tasks=cfg.task_names,
@@ -303,55 +290,31 @@ class Engine:
         results = self._evaluator.evaluate(weights, fingerprint=fingerprint, split=split)
         return validation_scores(results, self.cfg.task_names)
 
-    def _svd_root(self) -> Path:
+    def svd_root(self) -> Path:
+        """Folder of the expert SVD caches (``mutation.svd_cache`` or ``svd`` in the run folder)."""
         return Path(self.cfg.mutation.svd_cache) if self.cfg.mutation.svd_cache else self.paths.svd
 
-    def _svd_caches(self, fingerprints: Mapping[str, str]) -> dict[str, ExpertSVDCache]:
+    @staticmethod
+    def _fingerprints(state: RunState) -> dict[str, str]:
         return {
-            task: ExpertSVDCache(
-                ExpertSVDCache.folder_for(
-                    self._svd_root(),
-                    expert_fingerprint=fingerprints[expert_id(task)],
-                    base_fingerprint=fingerprints[BASE_ID],
-                    rank=self.cfg.mutation.rank,
-                ),
-                rank=self.cfg.mutation.rank,
-            )
-            for task in self.cfg.task_names
+            r.id: r.fingerprint or "" for r in state.registry if r.kind in (ModelKind.BASE, ModelKind.EXPERT)
         }
 
-    def _prepare_mutation_cache(
-        self, experts: Mapping[str, ModelSource], fingerprints: Mapping[str, str]
-    ) -> None:
+    def _prepare_mutation_cache(self, fingerprints: Mapping[str, str]) -> None:
+        """Compute the experts' SVDs once (``svd-expert``); caches already complete are kept."""
         if self.cfg.mutation.kind != "svd-expert":
             return
         base = self._base
         assert base is not None
+        caches = svd_caches(self.cfg, fingerprints=fingerprints, svd_root=self.svd_root())
+        todo = {t: c for t, c in caches.items() if not c.complete}
+        if not todo:
+            return
         names = [n for n in base if is_mutable(n, len(base.shape(n)), self.cfg.mutation.skip)]
-        caches = self._svd_caches(fingerprints)
-        self.reporter.phase("expert SVDs", total=len(names) * len(experts))
-        for task, src in experts.items():
-            caches[task].build(src, base, names, progress=lambda _n: self.reporter.advance())
-
-    def _mutation(self, state: RunState) -> Mutation:
-        m = self.cfg.mutation
-        if m.kind == "svd-expert":
-            fps = {
-                r.id: r.fingerprint or ""
-                for r in state.registry
-                if r.kind in (ModelKind.BASE, ModelKind.EXPERT)
-            }
-            caches = self._svd_caches(fps)
-            if not all(c.complete for c in caches.values()):  # deleted or interrupted: rebuild
-                self._prepare_mutation_cache(self._experts(), fps)
-            return SVDExpertMutation(caches=caches, rho=m.rho)
-        if m.kind == "svd-self":
-            return SVDSelfMutation(
-                low=m.low, high=m.high, randomized_above=m.randomized_above, rank=m.randomized_rank
-            )
-        if m.kind == "gaussian":
-            return GaussianMutation(sigma=m.sigma)
-        return NoMutation()
+        experts = self._experts()
+        self.reporter.phase("expert SVDs", total=len(names) * len(todo))
+        for task, cache in todo.items():
+            cache.build(experts[task], base, names, progress=lambda _n: self.reporter.advance())
 
     def child_builder(self, state: RunState) -> ChildBuilder:
         """The builder of children for this run's settings.
@@ -366,7 +329,9 @@ class Engine:
         c = self.cfg
         return ChildBuilder(
             base=self._base,
-            mutation=self._mutation(state),
+            mutation=build_mutation(
+                self.cfg, fingerprints=self._fingerprints(state), svd_root=self.svd_root()
+            ),
             crossover_mean=c.crossover.mean,
             crossover_std=c.crossover.std,
             per_layer=c.crossover.per_layer,
@@ -375,10 +340,11 @@ class Engine:
             parents=ParentCache(size=max(c.runner.parent_cache, 2) + 2),
         )
 
-    def _local_runner(self, state: RunState) -> Runner:
+    def _runner(self, state: RunState) -> Runner:
         from cycleqd.engine.runners.local import LocalRunner
 
         assert self._evaluator is not None
+        self._prepare_mutation_cache(self._fingerprints(state))  # if deleted since, or interrupted
         if self.cfg.runner.kind == "ray":
             from cycleqd.engine.runners.ray import RayRunner
 
@@ -465,6 +431,18 @@ class Engine:
             state.save(self.paths.checkpoint)
             self._collect_garbage(state)
             self.reporter.advance(line)
+            self._check_failures(state)
+
+    def _check_failures(self, state: RunState) -> None:
+        n = self.cfg.stop_after_failures
+        children = [r for r in state.registry if r.kind is ModelKind.CHILD][-n:]
+        if len(children) == n and all(r.status is ModelStatus.FAILED for r in children):
+            first, last = children[0].generation, children[-1].generation
+            raise CycleQDError(
+                f"the last {n} children all failed (generations {first}-{last}); "
+                f"the last error: {children[-1].error}\nfix the cause, then continue with "
+                f"`cycleqd resume {self.paths.root}` (raise stop_after_failures to tolerate more)"
+            )
 
     def _incorporate(self, state: RunState, outcome: JobOutcome, runner: Runner) -> dict[str, Any]:
         job = outcome.job

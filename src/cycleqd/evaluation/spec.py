@@ -107,7 +107,7 @@ class EvaluationSpec(BaseModel):
 
     Attributes:
         backend: ``hf`` (Hugging Face transformers), ``weights`` (tasks compute on raw tensors) or
-            ``vllm`` (not available yet).
+            ``vllm`` (optional extra, CUDA GPU only; weights loaded in place through vLLM's loader).
         batch_size: Prompts per forward pass.
         max_new_tokens: Default most tokens generated per answer (tasks may set their own).
         max_length: Longest prompt plus answer in tokens (default: the model's context size).
@@ -403,7 +403,13 @@ def build_backend(spec: EvaluationSpec, *, model_dir: str | Path | None) -> Back
     if spec.backend == "weights":
         return WeightsBackend()
     if spec.backend == "vllm":
-        raise ConfigError("evaluation.backend: vllm is not available yet; use hf")
+        from cycleqd.evaluation.backends.vllm import VLLMBackend
+
+        if model_dir is None:
+            raise ConfigError("the vllm backend needs a model folder (config.json and tokenizer)")
+        return VLLMBackend(
+            model_dir, dtype=spec.dtype, chat_template=spec.chat_template, max_length=spec.max_length
+        )
     if model_dir is None:
         raise ConfigError("the hf backend needs a model folder (config.json and tokenizer)")
     from cycleqd.evaluation.backends.hf import HFBackend

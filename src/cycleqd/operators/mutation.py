@@ -48,9 +48,14 @@ def is_mutable(name: str, tensor_ndim: int, skip_patterns: Sequence[str] = DEFAU
 
 
 class Mutation(ABC):
-    """A perturbation of one task-vector matrix."""
+    """A perturbation of one task-vector matrix.
+
+    Additive mutations (``additive = True``) add a term that does not depend on τ itself; they
+    implement :meth:`delta`, and a child can then be built as Σ w_i θ_i + δ without forming τ.
+    """
 
     kind: ClassVar[str]
+    additive: ClassVar[bool] = False
 
     @abstractmethod
     def mutate_tensor(
@@ -73,9 +78,42 @@ class Mutation(ABC):
             The mutated tensor and the drawn factors (or ``None``) for the record.
         """
 
+    def delta(
+        self,
+        name: str,
+        shape: torch.Size,
+        *,
+        generator: torch.Generator,
+        expert: str | None = None,
+        device: torch.device | str = "cpu",
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The term an additive mutation adds to one tensor (τ' = τ + δ).
+
+        Args:
+            name: Tensor name.
+            shape: Its shape.
+            generator: The tensor's own generator.
+            expert: Name of the active task's expert (used by ``svd-expert``).
+            device: Where to build δ.
+
+        Returns:
+            δ (float32) and the drawn factors (or ``None``).
+        """
+        raise NotImplementedError(f"{self.kind} mutation is not additive")
+
     def params(self) -> dict[str, object]:
         """The mutation's parameters, for the record."""
         return {}
+
+
+class AdditiveMutation(Mutation):
+    """A mutation τ' = τ + δ where δ does not depend on τ."""
+
+    additive: ClassVar[bool] = True
+
+    def mutate_tensor(self, name, tau, *, generator, expert=None):  # noqa: D102
+        d, factors = self.delta(name, tau.shape, generator=generator, expert=expert, device=tau.device)
+        return tau + d, factors
 
 
 @dataclass
@@ -89,7 +127,7 @@ class NoMutation(Mutation):
 
 
 @dataclass
-class GaussianMutation(Mutation):
+class GaussianMutation(AdditiveMutation):
     """τ += N(0, σ²) per entry (ablation; official code σ = 3e-4).
 
     Args:
@@ -99,16 +137,16 @@ class GaussianMutation(Mutation):
     kind: ClassVar[str] = "gaussian"
     sigma: float = 3e-4
 
-    def mutate_tensor(self, name, tau, *, generator, expert=None):  # noqa: D102
-        noise = torch.randn(tau.shape, generator=generator, dtype=torch.float32).to(tau.device)
-        return tau + noise * self.sigma, None
+    def delta(self, name, shape, *, generator, expert=None, device="cpu"):  # noqa: D102
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+        return noise.mul_(self.sigma).to(device), None
 
     def params(self):  # noqa: D102
         return {"sigma": self.sigma}
 
 
 @dataclass
-class SVDExpertMutation(Mutation):
+class SVDExpertMutation(AdditiveMutation):
     """τ += U_q diag(r ⊙ s_q) V_qᵀ from the active expert's SVD, r ~ U[0, ρ) (official code).
 
     Args:
@@ -120,7 +158,7 @@ class SVDExpertMutation(Mutation):
     caches: Mapping[str, ExpertSVDCache] = field(default_factory=dict)
     rho: float = 0.1
 
-    def mutate_tensor(self, name, tau, *, generator, expert=None):  # noqa: D102
+    def delta(self, name, shape, *, generator, expert=None, device="cpu"):  # noqa: D102
         if expert is None or expert not in self.caches:
             raise ValueError(
                 f"svd-expert mutation needs the active expert's SVD cache; got expert={expert!r}, "
@@ -128,10 +166,8 @@ class SVDExpertMutation(Mutation):
             )
         f = self.caches[expert].get(name)
         r = torch.rand(f.S.shape, generator=generator, dtype=torch.float32) * self.rho
-        delta = (f.U.to(tau.device) * (r.to(tau.device) * f.S.to(tau.device)).unsqueeze(0)) @ f.Vh.to(
-            tau.device
-        )
-        return tau + delta, r
+        U, s, Vh = f.U.to(device), (r * f.S).to(device), f.Vh.to(device)
+        return (U * s.unsqueeze(0)) @ Vh, r
 
     def params(self):  # noqa: D102
         ranks = {c.rank for c in self.caches.values()}

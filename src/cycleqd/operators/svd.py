@@ -15,6 +15,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from cycleqd.operators.random import make_generator
+
 
 @dataclass(frozen=True)
 class SVDFactors:
@@ -99,15 +101,28 @@ class ExpertSVDCache:
     The folder name should carry the expert's and base's fingerprints and the rank, so that a changed
     model never reuses stale factors (see :meth:`for_models`).
 
+    With a ``rank``, matrices with more than ``randomized_above`` elements are decomposed by a seeded
+    randomized SVD (:func:`randomized_svd`), which costs O(mnk) instead of O(mn·min(m, n)): the exact
+    SVD of every matrix of an 8B model takes hours on a CPU.
+
     Args:
         folder: Where the factors live.
         rank: Truncation rank (``None`` keeps all singular values).
         memory_items: How many tensors' factors to keep in memory.
+        randomized_above: Element count above which a rank-truncated cache uses the randomized SVD.
     """
 
-    def __init__(self, folder: str | Path, *, rank: int | None = None, memory_items: int = 8) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        rank: int | None = None,
+        memory_items: int = 8,
+        randomized_above: int = 1 << 20,
+    ) -> None:
         self.folder = Path(folder)
         self.rank = rank
+        self.randomized_above = randomized_above
         self._memory: OrderedDict[str, SVDFactors] = OrderedDict()
         self._memory_items = memory_items
         self._manifest: dict[str, str] | None = None
@@ -153,7 +168,10 @@ class ExpertSVDCache:
             manifest[name] = file.name
             if not file.is_file():
                 tau = expert[name].to(device, torch.float32) - base[name].to(device, torch.float32)
-                f = svd(tau, rank=self.rank)
+                if self.rank is not None and tau.numel() > self.randomized_above:
+                    f = randomized_svd(tau, rank=self.rank, generator=make_generator("expert-svd", name))
+                else:
+                    f = svd(tau, rank=self.rank)
                 tmp = file.with_suffix(f".tmp-{uuid.uuid4().hex[:6]}")
                 save_file({"U": f.U.cpu(), "S": f.S.cpu(), "Vh": f.Vh.cpu()}, str(tmp))
                 os.replace(tmp, file)

@@ -1,0 +1,79 @@
+"""Operator objects built from a run config (shared by the driver and Ray workers)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from cycleqd.config import RunConfig
+from cycleqd.operators import (
+    ExpertSVDCache,
+    GaussianMutation,
+    Mutation,
+    NoMutation,
+    SVDExpertMutation,
+    SVDSelfMutation,
+)
+
+BASE_ID = "base"
+
+
+def expert_id(task: str) -> str:
+    """Model id of a task's expert."""
+    return f"expert-{task}"
+
+
+def svd_caches(
+    cfg: RunConfig, *, fingerprints: Mapping[str, str], svd_root: str | Path
+) -> dict[str, ExpertSVDCache]:
+    """The expert SVD cache of each task (folders keyed by expert and base fingerprints and rank).
+
+    Args:
+        cfg: The run config.
+        fingerprints: Fingerprint of the base and of each expert, by model id.
+        svd_root: Folder holding the caches.
+
+    Returns:
+        Task name → cache (possibly not built yet).
+    """
+    rank = cfg.mutation.rank
+    return {
+        task: ExpertSVDCache(
+            ExpertSVDCache.folder_for(
+                svd_root,
+                expert_fingerprint=fingerprints[expert_id(task)],
+                base_fingerprint=fingerprints[BASE_ID],
+                rank=rank,
+            ),
+            rank=rank,
+        )
+        for task in cfg.task_names
+    }
+
+
+def build_mutation(
+    cfg: RunConfig, *, fingerprints: Mapping[str, str], svd_root: str | Path | None
+) -> Mutation:
+    """The mutation a config asks for.
+
+    Args:
+        cfg: The run config.
+        fingerprints: Fingerprints of the base and experts (``svd-expert`` only).
+        svd_root: Folder of the expert SVD caches (``svd-expert`` only); they must be built.
+
+    Returns:
+        The mutation.
+    """
+    m = cfg.mutation
+    if m.kind == "svd-expert":
+        assert svd_root is not None
+        return SVDExpertMutation(
+            caches=svd_caches(cfg, fingerprints=fingerprints, svd_root=svd_root), rho=m.rho
+        )
+    if m.kind == "svd-self":
+        return SVDSelfMutation(
+            low=m.low, high=m.high, randomized_above=m.randomized_above, rank=m.randomized_rank
+        )
+    if m.kind == "gaussian":
+        return GaussianMutation(sigma=m.sigma)
+    return NoMutation()

@@ -1,0 +1,280 @@
+"""The Ray runner: N workers, each resident on its device, build and evaluate children in parallel.
+
+The driver (the engine) draws jobs and alone owns the archives and the registry; a job names the two
+parents by id and by path in the run folder, which every worker can read (a shared store: a local
+disk on one machine, a shared file system on a cluster). A worker builds the child next to its device
+by streaming the parents' memory-mapped tensors (the recently used parents stay mapped and warm),
+evaluates it with its own resident model, returns the scores and keeps the child's weights until the
+driver says whether an archive took it (then the worker writes them to the run folder) or not.
+
+Up to ``workers`` jobs are in flight: while one worker evaluates, the others do too (asynchronous
+steady state, as the official code does). The parents of generation ``g`` are drawn from the archives
+as they stand after generation ``g − workers`` was incorporated (see :mod:`cycleqd.engine.loop`), and
+outcomes are incorporated in generation order, so a run is reproducible for a given worker count,
+whatever order the jobs finish in.
+
+A worker that dies takes its job and the weights it kept with it: the job is submitted again to a
+fresh worker (children are deterministic functions of their job, so the retry gives the same child),
+and a child whose weights were lost before they were written is rebuilt from its job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cycleqd.engine.jobs import ChildBuilder, Job, JobOutcome, ParentCache, execute_job
+from cycleqd.engine.runners.base import Runner
+from cycleqd.errors import CycleQDError
+
+if TYPE_CHECKING:
+    from cycleqd.engine.loop import Engine
+    from cycleqd.engine.state import RunState
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker needs to build its own builder and evaluator (plain data, sent to each worker).
+
+    Attributes:
+        config: The run config as a dict (``RunConfig.model_dump``), paths already absolute.
+        svd_fingerprints: Fingerprints of the base and experts (to find the expert SVD caches).
+        svd_root: Folder of the expert SVD caches.
+    """
+
+    config: dict[str, Any]
+    svd_fingerprints: Mapping[str, str] = field(default_factory=dict)
+    svd_root: str | None = None
+
+
+class CycleQDWorker:
+    """The body of a Ray actor: one resident model, a parent cache, children awaiting a verdict.
+
+    Args:
+        spec: The worker's settings.
+        name: Its name in outcomes and messages.
+    """
+
+    def __init__(self, spec: WorkerSpec, name: str) -> None:
+        from cycleqd.config import RunConfig
+        from cycleqd.engine.factory import build_mutation
+        from cycleqd.evaluation.evaluator import Evaluator
+        from cycleqd.evaluation.spec import build_backend, build_tasks
+        from cycleqd.weights import open_model
+        from cycleqd.weights.dtypes import parse_dtype
+
+        cfg = RunConfig.model_validate(spec.config)
+        self.name = name
+        base = open_model(cfg.models.base, name="base")
+        tasks = build_tasks(cfg.tasks, root=Path(cfg.root or "."), evaluation=cfg.evaluation)
+        backend = build_backend(cfg.evaluation, model_dir=base.path)
+        self.evaluator = Evaluator(tasks, backend)
+        self.builder = ChildBuilder(
+            base=base,
+            mutation=build_mutation(cfg, fingerprints=spec.svd_fingerprints, svd_root=spec.svd_root),
+            crossover_mean=cfg.crossover.mean,
+            crossover_std=cfg.crossover.std,
+            per_layer=cfg.crossover.per_layer,
+            skip_patterns=tuple(cfg.mutation.skip),
+            dtype=parse_dtype(cfg.models.dtype),
+            parents=ParentCache(size=max(cfg.runner.parent_cache, 2)),
+        )
+        self._kept: dict[str, Any] = {}
+        self._jobs: dict[str, Job] = {}
+
+    def pid(self) -> int:
+        """The worker's process id (tests kill workers by it)."""
+        return os.getpid()
+
+    def execute(self, job: Job) -> JobOutcome:
+        """Build and evaluate a child; keep its weights until :meth:`persist` or :meth:`discard`."""
+        outcome = execute_job(job, self.builder, self.evaluator)
+        if outcome.weights is not None:
+            self._kept[job.child_id] = outcome.weights
+            self._jobs[job.child_id] = job
+        outcome.weights = None
+        outcome.worker = self.name
+        return outcome
+
+    def persist(self, child_id: str, path: str) -> bool:
+        """Write a kept child's weights to ``path``; False if this worker does not hold them."""
+        from cycleqd.weights import save_model
+
+        weights = self._kept.pop(child_id, None)
+        self._jobs.pop(child_id, None)
+        if weights is None:
+            return False
+        save_model(weights, path, template=self.builder.base, dtype=None)
+        return True
+
+    def rebuild_and_persist(self, job: Job, path: str) -> str:
+        """Build a child again from its job (its first worker died) and write it; returns its fingerprint."""
+        from cycleqd.weights import save_model
+
+        weights, fingerprint, _, _ = self.builder.build(job)
+        save_model(weights, path, template=self.builder.base, dtype=None)
+        return fingerprint
+
+    def discard(self, child_id: str) -> None:
+        """Forget a kept child."""
+        self._kept.pop(child_id, None)
+        self._jobs.pop(child_id, None)
+
+
+class RayRunner(Runner):
+    """Runs jobs on Ray actors.
+
+    Args:
+        spec: Settings sent to every worker.
+        workers: Number of workers (and of jobs in flight).
+        address: Ray cluster address; ``None`` or ``"local"`` starts (or joins) a local cluster.
+        cpus_per_worker: CPUs each worker reserves.
+        gpus_per_worker: GPUs each worker reserves.
+        max_retries: How many times one job may be retried after its worker died.
+    """
+
+    def __init__(
+        self,
+        spec: WorkerSpec,
+        *,
+        workers: int,
+        address: str | None = None,
+        cpus_per_worker: float = 1.0,
+        gpus_per_worker: float = 0.0,
+        max_retries: int = 3,
+    ) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise CycleQDError(
+                "runner.kind is ray but Ray is not installed; install the extra: pip install 'cycleqd[ray]'"
+            ) from None
+        self._ray = ray
+        if not ray.is_initialized():
+            if address in (None, "", "local"):
+                ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+            else:
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
+        self.slots = workers
+        self._spec = spec
+        self._actor_cls = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0)(
+            CycleQDWorker
+        )
+        self._max_retries = max_retries
+        self._serial = 0
+        self._workers: dict[str, Any] = {}
+        for _ in range(workers):
+            self._start_worker()
+        self._running: dict[Any, tuple[Job, str]] = {}  # object ref → (job, worker name)
+        self._idle: list[str] = list(self._workers)
+        self._queue: list[Job] = []
+        self._retries: dict[int, int] = {}
+        self.restarts = 0
+
+    @classmethod
+    def from_engine(cls, engine: Engine, state: RunState) -> RayRunner:
+        """A runner for an engine's run, following its ``runner`` config."""
+        r = engine.cfg.runner
+        spec = WorkerSpec(
+            config=engine.cfg.model_dump(mode="json"),
+            svd_fingerprints=engine._fingerprints(state),
+            svd_root=str(engine.svd_root()),
+        )
+        return cls(
+            spec,
+            workers=r.workers,
+            address=r.address,
+            cpus_per_worker=r.cpus_per_worker,
+            gpus_per_worker=r.gpus_per_worker,
+            max_retries=r.max_retries,
+        )
+
+    # -- workers ---------------------------------------------------------------------------------
+    def _start_worker(self) -> str:
+        name = f"worker-{self._serial}"
+        self._serial += 1
+        self._workers[name] = self._actor_cls.remote(self._spec, name)
+        return name
+
+    def worker_pids(self) -> dict[str, int]:
+        """Process id of each live worker."""
+        return {n: self._ray.get(a.pid.remote()) for n, a in self._workers.items()}
+
+    def _replace(self, name: str) -> None:
+        self._workers.pop(name, None)
+        if name in self._idle:
+            self._idle.remove(name)
+        self._idle.append(self._start_worker())
+        self.restarts += 1
+
+    # -- Runner ----------------------------------------------------------------------------------
+    def submit(self, job: Job) -> None:  # noqa: D102
+        self._queue.append(job)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self._queue and self._idle:
+            job = self._queue.pop(0)
+            name = self._idle.pop(0)
+            ref = self._workers[name].execute.remote(job)
+            self._running[ref] = (job, name)
+
+    def next_outcome(self) -> JobOutcome:  # noqa: D102
+        ray = self._ray
+        while True:
+            if not self._running:
+                raise RuntimeError("next_outcome() called with no job in flight")
+            done, _ = ray.wait(list(self._running), num_returns=1)
+            ref = done[0]
+            job, name = self._running.pop(ref)
+            try:
+                outcome = ray.get(ref)
+            except ray.exceptions.RayActorError as exc:
+                tries = self._retries.get(job.generation, 0) + 1
+                if tries > self._max_retries:
+                    raise CycleQDError(
+                        f"generation {job.generation}: its worker died {tries} times ({exc}); "
+                        "see the Ray logs, or lower the model's memory footprint"
+                    ) from exc
+                self._retries[job.generation] = tries
+                self._replace(name)
+                self._queue.insert(0, job)
+                self._dispatch()
+                continue
+            self._idle.append(name)
+            self._dispatch()
+            return outcome
+
+    def persist(self, outcome: JobOutcome, path: Path) -> None:  # noqa: D102
+        ray = self._ray
+        actor = self._workers.get(outcome.worker or "")
+        saved = False
+        if actor is not None:
+            try:
+                saved = ray.get(actor.persist.remote(outcome.job.child_id, str(path)))
+            except ray.exceptions.RayActorError:
+                self._replace(outcome.worker or "")
+        if not saved:
+            # Its worker died after evaluating it: build it again (deterministic) on any worker.
+            name = next(iter(self._workers))
+            fingerprint = ray.get(self._workers[name].rebuild_and_persist.remote(outcome.job, str(path)))
+            if fingerprint != outcome.fingerprint:
+                raise CycleQDError(
+                    f"rebuilding {outcome.job.child_id} gave different weights ({fingerprint} != "
+                    f"{outcome.fingerprint}); the build is not deterministic on this hardware"
+                )
+
+    def discard(self, outcome: JobOutcome) -> None:  # noqa: D102
+        actor = self._workers.get(outcome.worker or "")
+        if actor is not None:
+            actor.discard.remote(outcome.job.child_id)
+
+    def close(self) -> None:  # noqa: D102
+        for actor in self._workers.values():
+            with contextlib.suppress(Exception):  # already gone
+                self._ray.kill(actor)
+        self._workers.clear()

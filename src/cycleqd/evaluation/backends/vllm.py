@@ -1,0 +1,159 @@
+"""vLLM backend (optional extra ``vllm``, CUDA only): one engine per worker, weights updated in place.
+
+The engine is built once from the base model folder. :meth:`VLLMBackend.load` hands each child's
+tensors, named as in the Hugging Face checkpoint, to the engine's own model through the model class's
+``load_weights`` method: vLLM's weight-loading path, which knows how each architecture stacks and
+shards its parameters (``q_proj``/``k_proj``/``v_proj`` into ``qkv_proj`` and so on). No
+per-architecture mapping is written here. The prefix cache is reset after every load.
+
+Prompts are encoded and answers decoded by the same :class:`~cycleqd.evaluation.backends.codec.PromptCodec`
+as the Hugging Face backend would use (chat template, truncation, end-of-sequence ids, stop strings),
+and decoding is greedy, so both backends give the same answers for the same model up to the numerics
+of their kernels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cycleqd.errors import ConfigError
+from cycleqd.evaluation.backends.codec import PromptCodec
+from cycleqd.evaluation.base import Backend, Prompt
+from cycleqd.weights.dtypes import dtype_name, parse_dtype
+
+
+def vllm_unavailable_reason() -> str | None:
+    """Why the vLLM backend cannot run here, or ``None`` when it can."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return "vllm is not installed (pip install 'cycleqd[vllm]' on a machine with a CUDA GPU)"
+    if not torch.cuda.is_available():
+        return "vllm needs a CUDA GPU and none is available"
+    return None
+
+
+class VLLMBackend(Backend):
+    """A causal language model served by a vLLM engine in this process.
+
+    Args:
+        model_dir: The base model folder (config, weights, tokenizer).
+        dtype: Dtype of the engine's weights (``auto``: the checkpoint's).
+        chat_template: ``auto``, ``on`` or ``off`` (as for the Hugging Face backend).
+        max_length: Longest prompt plus answer in tokens (default: the model's context size).
+        gpu_memory_utilization: Share of the GPU's memory vLLM may take (weights plus KV cache).
+        enforce_eager: Skip CUDA graphs (slower decoding, faster start).
+
+    Raises:
+        ConfigError: When vLLM or a CUDA GPU is missing.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        dtype: str | torch.dtype = "auto",
+        chat_template: str = "auto",
+        max_length: int | None = None,
+        gpu_memory_utilization: float = 0.85,
+        enforce_eager: bool = False,
+    ) -> None:
+        reason = vllm_unavailable_reason()
+        if reason:
+            raise ConfigError(f"evaluation.backend is vllm but {reason}; use backend: hf")
+        # The engine must live in this process so that load() reaches its model without shipping
+        # the weights to another process.
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from vllm import LLM
+
+        self.model_dir = Path(model_dir)
+        self.codec = PromptCodec(self.model_dir, chat_template=chat_template, max_length=max_length)
+        target = parse_dtype(dtype)
+        self.llm = LLM(
+            model=str(self.model_dir),
+            tokenizer=str(self.model_dir),
+            dtype=dtype_name(target) if target is not None else "auto",
+            max_model_len=self.codec.max_length,
+            gpu_memory_utilization=gpu_memory_utilization,
+            enforce_eager=enforce_eager,
+            seed=0,
+        )
+        self.dtype = target
+        self._fingerprint: str | None = None
+
+    # -- weights -----------------------------------------------------------------------------------
+    def _apply(self, fn: Callable[[torch.nn.Module], Any]) -> Any:
+        """Run ``fn`` on the engine's model (newer vLLM: ``apply_model``; older: the driver worker)."""
+        if hasattr(self.llm, "apply_model"):
+            return self.llm.apply_model(fn)
+        model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
+        return fn(model)
+
+    def load(self, weights: Mapping[str, torch.Tensor], *, fingerprint: str) -> None:
+        """Load a model's weights into the engine in place, through vLLM's own weight loader.
+
+        Args:
+            weights: Tensors named as in the Hugging Face checkpoint.
+            fingerprint: Identity of the weights; loading the current fingerprint again does nothing.
+        """
+        if fingerprint == self._fingerprint:
+            return
+        self._fingerprint = None
+        items = [(name, weights[name]) for name in weights]
+        self._apply(lambda model: model.load_weights(iter(items)))
+        if hasattr(self.llm, "reset_prefix_cache"):
+            self.llm.reset_prefix_cache()
+        self._fingerprint = fingerprint
+
+    @property
+    def fingerprint(self) -> str | None:  # noqa: D102
+        return self._fingerprint
+
+    @property
+    def signature(self) -> str:  # noqa: D102
+        blob = "|".join(map(str, ("vllm", *self.codec.signature_parts(), self.dtype)))
+        return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
+
+    # -- generation --------------------------------------------------------------------------------
+    def generate(
+        self, prompts: Sequence[Prompt], *, max_new_tokens: int, stop: Sequence[str] = ()
+    ) -> list[str]:
+        """Greedy completions, cut before the first stop string (decoded as the HF backend does)."""
+        if self._fingerprint is None:
+            raise RuntimeError("no model loaded; call load() first")
+        from vllm import SamplingParams
+
+        params = SamplingParams(
+            temperature=0.0,
+            max_tokens=max_new_tokens,
+            stop=list(stop) or None,
+            stop_token_ids=sorted(self.codec.eos_ids),
+        )
+        inputs = [{"prompt_token_ids": self.codec.fit(self.codec.encode(p), max_new_tokens)} for p in prompts]
+        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        return [self.codec.decode(list(o.outputs[0].token_ids), stop) for o in outputs]
+
+    def loglikelihood(self, requests: Sequence[tuple[Prompt, str]]) -> list[float]:
+        """Sum of log-probabilities of each continuation after its context (prompt log-probs)."""
+        if self._fingerprint is None:
+            raise RuntimeError("no model loaded; call load() first")
+        from vllm import SamplingParams
+
+        seqs = []
+        for ctx, cont in requests:
+            cont_ids = self.codec.continuation_ids(cont)
+            ctx_ids = self.codec.fit(self.codec.encode(ctx), len(cont_ids))
+            seqs.append((ctx_ids + cont_ids, len(ctx_ids)))
+        params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=0)
+        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids, _ in seqs], params, use_tqdm=False)
+        scores = []
+        for (ids, start), out in zip(seqs, outputs, strict=True):
+            lp = out.prompt_logprobs
+            scores.append(float(sum(lp[i][ids[i]].logprob for i in range(start, len(ids)))))
+        return scores

@@ -1,0 +1,97 @@
+"""The Ray runner on a real local Ray cluster started by the run itself (2 workers)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from toyrun import CLI, write_toy_config
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'cycleqd[ray]')")
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+GENERATIONS = 14
+
+
+def _worker_pids() -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines()[1:] if "ray::CycleQDWorker" in line]
+
+
+def _result(run: Path) -> dict:
+    ck = json.loads((run / "checkpoint.json").read_text())
+    return {"archives": ck["archives"], "registry": ck["registry"], "final": ck["final"]["test_scores"]}
+
+
+def _check_consistent(run: Path) -> None:
+    ck = json.loads((run / "checkpoint.json").read_text())
+    assert ck["finished"]
+    assert ck["generation"] == GENERATIONS
+    registry = {r["id"]: r for r in ck["registry"]}
+    held = {e["model_id"] for a in ck["archives"]["archives"].values() for e in a["elites"]}
+    for model_id in held:
+        assert registry[model_id]["status"] == "elite"
+    children = [r for r in registry.values() if r["kind"] == "child"]
+    assert sorted(r["generation"] for r in children) == list(range(GENERATIONS))
+    for r in children:
+        assert r["status"] != "failed", r["error"]
+        if r["status"] == "elite":
+            assert (run / "models" / r["id"] / "model.safetensors").is_file()
+    assert {p.name for p in (run / "models").iterdir()} == {
+        r["id"] for r in children if r["status"] == "elite"
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("ray_reference")
+    cfg = write_toy_config(folder, generations=GENERATIONS, runner={"kind": "ray", "workers": 2})
+    proc = subprocess.run(
+        [CLI, "run", str(cfg), "--out", str(folder / "run"), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return folder / "run"
+
+
+def test_two_workers_complete_a_consistent_run(reference: Path) -> None:
+    _check_consistent(reference)
+    lines = [json.loads(x) for x in (reference / "metrics.jsonl").read_text().splitlines()]
+    assert {ln["worker"] for ln in lines} == {"worker-0", "worker-1"}
+
+
+def test_a_killed_worker_does_not_lose_the_run(tmp_path: Path, reference: Path) -> None:
+    cfg = write_toy_config(tmp_path, generations=GENERATIONS, runner={"kind": "ray", "workers": 2})
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [CLI, "run", str(cfg), "--out", str(run), "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    killed = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            pids = _worker_pids()
+            if pids:
+                killed = pids[0]
+                os.kill(killed, signal.SIGKILL)
+                break
+        time.sleep(0.01)
+    assert killed is not None, "no worker was found to kill"
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    _check_consistent(run)
+    lines = [json.loads(x) for x in metrics.read_text().splitlines()]
+    assert "worker-2" in {ln["worker"] for ln in lines}, "no replacement worker took a job"
+    # Same worker count, same seed: the retried jobs give exactly the run that was never disturbed.
+    assert _result(run) == _result(reference)
