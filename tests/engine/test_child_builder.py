@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cycleqd.engine.jobs import ChildBuilder, Job
+from cycleqd.operators import ExpertSVDCache, GaussianMutation, NoMutation, SVDExpertMutation, SVDSelfMutation
+from cycleqd.operators.random import make_generator
+from cycleqd.seeding import derive_seed
+from cycleqd.weights import open_model
+
+
+def _job(models: dict[str, Path], seed: int = 7) -> Job:
+    return Job(
+        generation=3,
+        child_id="g000003",
+        active_task="e1",
+        parents=("e1", "e2"),
+        parent_paths=(str(models["e1"]), str(models["e2"])),
+        seed=seed,
+    )
+
+
+def _by_hand(models: dict[str, Path], w: list[float], delta) -> dict[str, torch.Tensor]:
+    base, p1, p2 = (open_model(models[k]) for k in ("base", "e1", "e2"))
+    out = {}
+    for name in base:
+        b = base[name].float()
+        tau = w[0] * (p1[name].float() - b) + w[1] * (p2[name].float() - b)
+        out[name] = b + tau + delta(name, tau)
+    return out
+
+
+@pytest.mark.parametrize("mutation", [NoMutation(), GaussianMutation(sigma=0.01)], ids=["none", "gaussian"])
+def test_direct_path_equals_theta0_plus_merged_task_vectors(tiny_models, mutation) -> None:
+    builder = ChildBuilder(base=open_model(tiny_models["base"]), mutation=mutation, crossover_std=0.2)
+    job = _job(tiny_models)
+    weights, fingerprint, plan, record = builder.build(job)
+    seed = derive_seed(job.seed, "mutation")
+
+    def delta(name, tau):
+        if isinstance(mutation, NoMutation) or tau.ndim != 2 or "norm" in name:
+            return torch.zeros_like(tau)
+        return torch.randn(tau.shape, generator=make_generator(seed, name)) * 0.01
+
+    expected = _by_hand(tiny_models, plan.weights["all"], delta)
+    for name, t in expected.items():
+        assert torch.allclose(weights[name], t, atol=1e-6), name
+    assert record["mutated"] == (0 if isinstance(mutation, NoMutation) else 16)  # every 2-D tensor
+    # Same job, same bits; another seed, other bits.
+    _, fp2, _, _ = builder.build(job)
+    assert fp2 == fingerprint
+    _, fp3, _, _ = builder.build(_job(tiny_models, seed=8))
+    assert fp3 != fingerprint
+
+
+def test_svd_expert_child_adds_the_active_experts_factors(tiny_models, tmp_path: Path) -> None:
+    base, expert = open_model(tiny_models["base"]), open_model(tiny_models["e1"])
+    names = [n for n in base if len(base.shape(n)) == 2]
+    cache = ExpertSVDCache(tmp_path / "svd", rank=3)
+    cache.build(expert, base, names)
+    builder = ChildBuilder(base=base, mutation=SVDExpertMutation(caches={"e1": cache}, rho=0.1))
+    job = _job(tiny_models)
+    weights, _, plan, record = builder.build(job)
+    seed = derive_seed(job.seed, "mutation")
+
+    def delta(name, tau):
+        if tau.ndim != 2:
+            return torch.zeros_like(tau)
+        f = cache.get(name)
+        r = torch.rand(f.S.shape, generator=make_generator(seed, name)) * 0.1
+        return f.U @ torch.diag(r * f.S) @ f.Vh
+
+    for name, t in _by_hand(tiny_models, plan.weights["all"], delta).items():
+        assert torch.allclose(weights[name], t, atol=1e-5), name
+    assert record["expert"] == "e1"
+    assert 0 <= record["factors"]["min"] <= record["factors"]["max"] < 0.1
+
+
+def test_svd_self_child_goes_through_the_task_vector(tiny_models) -> None:
+    builder = ChildBuilder(base=open_model(tiny_models["base"]), mutation=SVDSelfMutation(low=1.0, high=1.0))
+    weights, _, plan, _ = builder.build(_job(tiny_models))
+    for name, t in _by_hand(tiny_models, plan.weights["all"], lambda n, tau: torch.zeros_like(tau)).items():
+        assert torch.allclose(weights[name], t, atol=1e-5), name
+
+
+def test_children_are_stored_in_the_configured_dtype(tiny_models) -> None:
+    builder = ChildBuilder(base=open_model(tiny_models["base"]), mutation=NoMutation(), dtype=torch.bfloat16)
+    weights, _, _, _ = builder.build(_job(tiny_models))
+    assert {t.dtype for t in weights.values()} == {torch.bfloat16}
