@@ -77,3 +77,36 @@ def linear_soup(
     if not normalize and excess != 0.0:
         out.add_(base.float(), alpha=excess)
     return out
+
+
+def linear_soup_coefficients(
+    *, weights: Sequence[float], normalize: bool = True
+) -> tuple[float, list[float]]:
+    """The weight-space form of :func:`linear_soup`: θ = c0 θ0 + Σ_i c_i θ_i.
+
+    For the soup c0 = 0 and c_i = w_i / Σ_j w_j (c_i = w_i without ``normalize``), so the base is not
+    even read. :func:`~cycleqd.operators.merge.merge_models` uses this to combine weights in one pass
+    per model instead of forming task vectors; the result equals θ0 + :func:`linear_soup` up to float
+    rounding.
+
+    Args:
+        weights: One weight per model.
+        normalize: Divide by the sum of the weights.
+
+    Returns:
+        (c0, [c_i]).
+
+    Raises:
+        ValueError: When normalised weights sum to 0.
+    """
+    return 0.0, _normalised(weights, normalize)
+
+
+def _normalised(weights: Sequence[float], normalize: bool) -> list[float]:
+    weights = [float(w) for w in weights]
+    if not normalize:
+        return weights
+    total = sum(weights)
+    if abs(total) < 1e-12:
+        raise ValueError("linear merge weights sum to 0; give weights with a non-zero sum")
+    return [w / total for w in weights]
