@@ -239,7 +239,7 @@ def test_backend_choices(tmp_path) -> None:
         build_backend(EvaluationSpec(backend="vllm"), model_dir=None)
     reason = vllm_unavailable_reason()
     if reason is not None:  # a CPU machine: the error says why and what to use instead
-        with pytest.raises(ConfigError, match="evaluation.backend is vllm but .*; use backend: hf"):
+        with pytest.raises(ConfigError, match=r"evaluation\.backend is vllm but .*; use backend: hf"):
             build_backend(EvaluationSpec(backend="vllm"), model_dir=tmp_path)
     with pytest.raises(ConfigError, match="needs a model folder"):
         build_backend(EvaluationSpec(), model_dir=None)

@@ -35,7 +35,7 @@ def aggregate_tensors(
     elites: Sequence[Mapping[str, torch.Tensor]],
     weights: Sequence[float],
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Stream θ0 + Σ_k w_k τ_{e_k} tensor by tensor (a linear merge of task vectors, unnormalised).
+    """Stream θ0 + Σ_k w_k τ_{e_k} tensor by tensor (task arithmetic with per-elite weights).
 
     Args:
         base: θ0.

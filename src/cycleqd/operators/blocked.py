@@ -44,6 +44,9 @@ def weighted_sum(
     flat = out.view(-1)
     n = flat.numel()
     step = _BLOCK if dev.type == "cpu" else max(n, 1)
+    # bf16/fp16 inputs are upcast block by block (exactly) before use: multiplying in bf16 would
+    # round, and a float32 add of an upcast block is faster than the mixed-dtype kernel.
+    scratch = torch.empty(min(step, n), dtype=torch.float32, device=dev)
     for s in range(0, n, step):
         e = min(n, s + step)
         block = flat[s:e]
@@ -54,5 +57,10 @@ def weighted_sum(
             block.copy_(x[s:e])
             block.mul_(w)
         for x, w in flats[1:]:
-            block.add_(x[s:e], alpha=w)
+            if x.dtype == torch.float32:
+                block.add_(x[s:e], alpha=w)
+            else:
+                up = scratch[: e - s]
+                up.copy_(x[s:e])
+                block.add_(up, alpha=w)
     return out

@@ -79,8 +79,11 @@ class MappedPages:
 
 
 def private_file_mappings() -> list[tuple[int, int]]:
-    """Address ranges of this process's private mappings of regular files (from /proc/self/maps)."""
-    ranges = []
+    """Address ranges privately mapped from regular files, read from /proc/self/maps.
+
+    Adjacent mappings are joined: one file may span several.
+    """
+    ranges: list[tuple[int, int]] = []
     try:
         with open("/proc/self/maps") as fh:
             for line in fh:
@@ -92,8 +95,11 @@ def private_file_mappings() -> list[tuple[int, int]]:
                     and parts[4] != "0"
                     and parts[5].startswith("/")
                 ):
-                    a, b = parts[0].split("-")
-                    ranges.append((int(a, 16), int(b, 16)))
+                    a, b = (int(x, 16) for x in parts[0].split("-"))
+                    if ranges and ranges[-1][1] == a:
+                        ranges[-1] = (ranges[-1][0], b)
+                    else:
+                        ranges.append((a, b))
     except OSError:
         return []
     return ranges

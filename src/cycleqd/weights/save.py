@@ -119,6 +119,7 @@ def _write_shards(
         save_file(shard, str(path), metadata=meta)
         written.append((path, list(shard)))
         shard, shard_bytes = {}, 0
+        seen.clear()  # the written tensors are freed: their addresses may be reused
 
     for name, tensor in items:
         t = tensor.detach().cpu()
