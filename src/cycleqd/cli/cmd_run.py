@@ -13,8 +13,6 @@ from rich.table import Table
 
 from cycleqd.cli.app import app
 from cycleqd.cli.progress import RichReporter
-from cycleqd.config import load_config
-from cycleqd.engine.loop import Engine
 from cycleqd.engine.status import run_status
 
 
@@ -25,6 +23,9 @@ def run(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Start a CycleQD run: evolve, aggregate, evaluate on the test split."""
+    from cycleqd.config import load_config
+    from cycleqd.engine.loop import Engine
+
     cfg = load_config(config)
     start = time.perf_counter()
     with RichReporter(enabled=progress) as reporter:
@@ -39,6 +40,8 @@ def resume(
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Continue a stopped run from its last checkpoint."""
+    from cycleqd.engine.loop import Engine
+
     start = time.perf_counter()
     with RichReporter(enabled=progress) as reporter:
         Engine.open(run_dir, reporter=reporter).run()

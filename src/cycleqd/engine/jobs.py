@@ -12,11 +12,12 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from cycleqd.engine.job import Job
 from cycleqd.evaluation.evaluator import Evaluator
 from cycleqd.operators import CrossoverPlan, Mutation, crossover_tensor, draw_crossover, mutate_one
 from cycleqd.operators.blocked import weighted_sum
@@ -26,36 +27,6 @@ from cycleqd.seeding import derive_seed
 from cycleqd.weights import ModelSource, open_model
 from cycleqd.weights.fingerprint import combine_digests, tensor_digest
 from cycleqd.weights.pages import MappedPages
-
-
-@dataclass(frozen=True)
-class Job:
-    """A generation's recipe, drawn by the driver.
-
-    Attributes:
-        generation: Generation number g.
-        child_id: Id the child will have.
-        active_task: Task whose archive the parents come from (and whose expert svd-expert uses).
-        parents: The two parents' ids.
-        parent_paths: Their weights (absolute paths), so a worker needs no registry.
-        seed: The generation's seed; crossover and mutation draws derive from it.
-    """
-
-    generation: int
-    child_id: str
-    active_task: str
-    parents: tuple[str, ...]
-    parent_paths: tuple[str, ...]
-    seed: int
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Job:
-        """Inverse of :meth:`to_dict`."""
-        return cls(**{**d, "parents": tuple(d["parents"]), "parent_paths": tuple(d["parent_paths"])})
 
 
 @dataclass

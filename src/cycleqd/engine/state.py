@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from cycleqd.atomic import atomic_write_json
-from cycleqd.engine.jobs import Job
+from cycleqd.engine.job import Job
 from cycleqd.engine.registry import ModelRegistry
 from cycleqd.errors import CycleQDError
 from cycleqd.qd import ArchiveSet
