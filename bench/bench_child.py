@@ -160,9 +160,17 @@ def _child(args: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _baseline_rss() -> int:
-    """Peak RSS of a process that only imported torch and transformers (the libraries' own share)."""
-    return _child(["--measure", "idle"])["peak"]
+def compare(folder: Path) -> dict:
+    """Largest difference between the two children, and the model's size."""
+    from cycleqd.weights import open_model
+
+    a, b = open_model(folder / "child-streaming"), open_model(folder / "child-in-memory")
+    base = open_model(folder / "base")
+    return {
+        "worst": max(float((a[n].float() - b[n].float()).abs().max()) for n in a),
+        "model_bytes": sum(base.numel(n) * base.dtype(n).itemsize for n in base),
+        "n_params": sum(base.numel(n) for n in base),
+    }
 
 
 def main() -> None:
@@ -171,44 +179,57 @@ def main() -> None:
     ap.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
     ap.add_argument("--rank", type=int, default=32, help="rank of the expert SVDs (svd-expert mutation)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument("--measure", choices=["streaming", "in-memory", "idle"], help=argparse.SUPPRESS)
+    ap.add_argument("--measure", help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
     ap.add_argument("--save", help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    if args.measure:
+    if args.measure:  # one measurement, in its own process
+        folder = Path(args.folder) if args.folder else None
         if args.measure == "idle":
             import transformers  # noqa: F401
 
             import cycleqd.engine.jobs  # noqa: F401
 
-            print(json.dumps({"peak": _peak_rss_bytes()}))
-            return
-        fn = run_streaming if args.measure == "streaming" else run_in_memory
-        save = Path(args.save) if args.save else None
-        print(json.dumps(fn(Path(args.folder), args.rank, save)))
+            result = {"peak": _peak_rss_bytes()}
+        elif args.measure == "prepare":
+            folder = _models(args.size, args.dtype)
+            _svd_cache(folder, args.rank)
+            result = {"folder": str(folder)}
+        elif args.measure == "bandwidth":
+            result = {"bandwidth": copy_bandwidth()}
+        elif args.measure == "compare":
+            result = compare(folder)
+        else:
+            fn = run_streaming if args.measure == "streaming" else run_in_memory
+            result = fn(folder, args.rank, Path(args.save) if args.save else None)
+        print(json.dumps(result))
         return
 
-    from cycleqd.weights import open_model
-
-    folder = _models(args.size, args.dtype)
-    _svd_cache(folder, args.rank)
-    base = open_model(folder / "base")
-    model_bytes = sum(base.numel(n) * base[n].element_size() for n in base)
-    n_params = sum(base.numel(n) for n in base)
-    common = ["--folder", str(folder), "--rank", str(args.rank), "--threads", str(args.threads)]
-    idle = _baseline_rss()
+    # The driver loads no model: a child process's peak RSS counts its parent's peak on Linux.
+    sizes = [
+        "--size",
+        args.size,
+        "--dtype",
+        args.dtype,
+        "--rank",
+        str(args.rank),
+        "--threads",
+        str(args.threads),
+    ]
+    folder = Path(_child(["--measure", "prepare", *sizes])["folder"])
+    common = [*sizes, "--folder", str(folder)]
+    idle = _child(["--measure", "idle", *common])["peak"]
     ours = _child(["--measure", "streaming", *common, "--save", str(folder / "child-streaming")])
     theirs = _child(["--measure", "in-memory", *common, "--save", str(folder / "child-in-memory")])
-    bandwidth = copy_bandwidth()
+    bandwidth = _child(["--measure", "bandwidth", *common])["bandwidth"]
+    info = _child(["--measure", "compare", *common])
+    model_bytes = info["model_bytes"]
     must_move = 3 * model_bytes  # read two parents, write the child
     floor = must_move / bandwidth
-
-    a, b = open_model(folder / "child-streaming"), open_model(folder / "child-in-memory")
-    worst = max(float((a[n].float() - b[n].float()).abs().max()) for n in a)
     ulp = 2**-7 if args.dtype == "bfloat16" else 2**-23
 
-    print(f"\n{args.size} Llama, {n_params / 1e9:.2f}B parameters, {args.dtype}: ", end="")
+    print(f"\n{args.size} Llama, {info['n_params'] / 1e9:.2f}B parameters, {args.dtype}: ", end="")
     print(f"one model = {model_bytes / 1e9:.2f} GB")
     print(f"svd-expert mutation of rank {args.rank} on {ours['mutated']} matrices; {args.threads} threads")
     print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s; bytes that must move {must_move / 1e9:.2f} GB")
@@ -224,9 +245,9 @@ def main() -> None:
     print(f"{'bandwidth floor':<28}{floor:>9.2f}{1.0:>9.2f}x")
     print(
         f"\nstreaming vs in-memory: {theirs['seconds'] / ours['seconds']:.1f}x faster, "
-        f"{(theirs['peak'] - idle) / max(ours['peak'] - idle, 1):.1f}x less memory"
+        f"{(theirs['peak'] - idle) / max(ours['peak'] - idle, 1):.1f}x less memory above the libraries"
     )
-    print(f"children agree: max |difference| {worst:.3g} (storage rounding step near 1: {ulp:.3g})")
+    print(f"children agree: max |difference| {info['worst']:.3g} (storage rounding step near 1: {ulp:.3g})")
 
 
 if __name__ == "__main__":

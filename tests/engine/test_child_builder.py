@@ -49,11 +49,13 @@ def test_direct_path_equals_theta0_plus_merged_task_vectors(tiny_models, mutatio
     for name, t in expected.items():
         assert torch.allclose(weights[name], t, atol=1e-6), name
     assert record["mutated"] == (0 if isinstance(mutation, NoMutation) else 16)  # every 2-D tensor
-    # Same job, same bits; another seed, other bits.
-    _, fp2, _, _ = builder.build(job)
+    # Same job, same bits and fingerprint; another seed, other bits and fingerprint.
+    again, fp2, _, _ = builder.build(job)
     assert fp2 == fingerprint
-    _, fp3, _, _ = builder.build(_job(tiny_models, seed=8))
+    assert all(torch.equal(again[n], weights[n]) for n in weights)
+    other, fp3, _, _ = builder.build(_job(tiny_models, seed=8))
     assert fp3 != fingerprint
+    assert not all(torch.equal(other[n], weights[n]) for n in weights)
 
 
 def test_svd_expert_child_adds_the_active_experts_factors(tiny_models, tmp_path: Path) -> None:

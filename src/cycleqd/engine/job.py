@@ -18,6 +18,7 @@ class Job:
         parents: The two parents' ids.
         parent_paths: Their weights (absolute paths), so a worker needs no registry.
         seed: The generation's seed; crossover and mutation draws derive from it.
+        parent_fingerprints: The parents' fingerprints (part of the child's recipe fingerprint).
     """
 
     generation: int
@@ -26,6 +27,7 @@ class Job:
     parents: tuple[str, ...]
     parent_paths: tuple[str, ...]
     seed: int
+    parent_fingerprints: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -34,4 +36,11 @@ class Job:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Job:
         """Inverse of :meth:`to_dict`."""
-        return cls(**{**d, "parents": tuple(d["parents"]), "parent_paths": tuple(d["parent_paths"])})
+        return cls(
+            **{
+                **d,
+                "parents": tuple(d["parents"]),
+                "parent_paths": tuple(d["parent_paths"]),
+                "parent_fingerprints": tuple(d.get("parent_fingerprints", ())),
+            }
+        )

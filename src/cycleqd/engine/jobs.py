@@ -8,6 +8,8 @@ being built plus a few tensors, whatever the size of the parents.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import traceback
 from collections import OrderedDict
@@ -21,11 +23,10 @@ from cycleqd.engine.job import Job
 from cycleqd.evaluation.evaluator import Evaluator
 from cycleqd.operators import CrossoverPlan, Mutation, crossover_tensor, draw_crossover, mutate_one
 from cycleqd.operators.blocked import weighted_sum
-from cycleqd.operators.mutation import FactorSummary, NoMutation, SVDExpertMutation, is_mutable
+from cycleqd.operators.mutation import FactorSummary, LowRank, NoMutation, SVDExpertMutation, is_mutable
 from cycleqd.operators.random import make_generator
 from cycleqd.seeding import derive_seed
 from cycleqd.weights import ModelSource, open_model
-from cycleqd.weights.fingerprint import combine_digests, tensor_digest
 from cycleqd.weights.pages import MappedPages
 
 
@@ -147,18 +148,23 @@ class ChildBuilder:
             inputs = [p[name] for p in parents]
             weights = plan.weights_for(name)
             mutable = is_mutable(name, len(inputs[0].shape), self.skip_patterns)
+            out_dtype = self.dtype or self.base.dtype(name)
             if direct:
-                theta = weighted_sum(inputs, weights)
+                low_rank = None
                 if mutable and not isinstance(self.mutation, NoMutation):
                     d, factors = self.mutation.delta(
-                        name, theta.shape, generator=make_generator(mutation_seed, name), expert=expert
+                        name, inputs[0].shape, generator=make_generator(mutation_seed, name), expert=expert
                     )
-                    theta.add_(d)
+                    if isinstance(d, LowRank):
+                        low_rank = (d.a, d.b)
+                    else:
+                        inputs, weights = [*inputs, d], [*weights, 1.0]
                     if factors is not None:
                         summary.add(factors)
                     counts["mutated"] += 1
                 else:
                     counts["skipped"] += 1
+                out = weighted_sum(inputs, weights, low_rank=low_rank, out_dtype=out_dtype)
             else:
                 b32 = self.base[name].float()
                 tau = crossover_tensor(name, [torch.sub(x, b32) for x in inputs], plan)
@@ -173,10 +179,9 @@ class ChildBuilder:
                 counts["mutated" if changed else "skipped"] += 1
                 if factors is not None:
                     summary.add(factors)
-                theta = tau.add_(b32)
-            out = theta.to(self.dtype or self.base.dtype(name))
+                out = tau.add_(b32).to(out_dtype)
             self._release(inputs)
-            del inputs, theta
+            del inputs
             yield name, out
 
     def build(self, job: Job) -> tuple[dict[str, torch.Tensor], str, CrossoverPlan, dict[str, Any]]:
@@ -191,11 +196,7 @@ class ChildBuilder:
         plan = self.plan(job)
         summary = FactorSummary()
         counts = {"mutated": 0, "skipped": 0}
-        weights: dict[str, torch.Tensor] = {}
-        digests = []
-        for name, t in self.stream(job, plan, summary, counts):
-            weights[name] = t
-            digests.append((name, tensor_digest(name, t)))
+        weights = dict(self.stream(job, plan, summary, counts))
         record = {
             "kind": self.mutation.kind,
             "params": self.mutation.params(),
@@ -203,7 +204,34 @@ class ChildBuilder:
             "factors": summary.to_record(),
             "expert": job.active_task if isinstance(self.mutation, SVDExpertMutation) else None,
         }
-        return weights, combine_digests(digests), plan, record
+        return weights, self.recipe_fingerprint(job, plan), plan, record
+
+    def recipe_fingerprint(self, job: Job, plan: CrossoverPlan) -> str:
+        """A child's fingerprint from what determines its tensors, without hashing them.
+
+        The parents' fingerprints, the seed, the drawn crossover weights, the mutation and its settings,
+        the skipped names and the storage dtype fix every bit of a child (the build is deterministic),
+        so hashing them identifies the child as well as hashing its bytes, at no cost: hashing the
+        bytes of an 8B child would take about as long as building it.
+
+        Args:
+            job: The child's job.
+            plan: Its crossover plan.
+
+        Returns:
+            A 32-character hexadecimal fingerprint.
+        """
+        recipe = {
+            "parents": list(job.parent_fingerprints) or list(job.parent_paths),
+            "seed": job.seed,
+            "expert": job.active_task if isinstance(self.mutation, SVDExpertMutation) else None,
+            "crossover": plan.to_record(),
+            "mutation": [self.mutation.kind, self.mutation.params()],
+            "skip": list(self.skip_patterns),
+            "dtype": str(self.dtype),
+        }
+        blob = json.dumps(recipe, sort_keys=True, default=str).encode()
+        return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
 
 def validation_scores(results: Mapping[str, Any], tasks: Sequence[str]) -> dict[str, float]:

@@ -396,6 +396,7 @@ class Engine:
             parents=tuple(parents),
             parent_paths=tuple(self._model_path(state, p) for p in parents),
             seed=derive_seed(state.seed, generation),
+            parent_fingerprints=tuple(state.registry[p].fingerprint or "" for p in parents),
         )
 
     def _fill_in_flight(self, state: RunState, *, slots: int) -> list[Job]:

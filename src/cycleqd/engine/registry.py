@@ -43,7 +43,8 @@ class ModelRecord:
         status: Where it stands.
         path: Its weights folder (absolute for the base and experts, relative to the run folder for
             children and the aggregate), ``None`` when not stored.
-        fingerprint: Hash of its tensors.
+        fingerprint: Hash of its tensors (base, experts, aggregate) or of its recipe (children: the
+            parents' fingerprints, the seed and the operators' draws and settings, which fix every bit).
         generation: The generation that made it (children).
         active_task: The task whose archive its parents came from (children).
         parents: Parent ids (children).

@@ -47,6 +47,23 @@ def is_mutable(name: str, tensor_ndim: int, skip_patterns: Sequence[str] = DEFAU
     return tensor_ndim == 2 and not any(re.search(p, name) for p in skip_patterns)
 
 
+@dataclass(frozen=True)
+class LowRank:
+    """A matrix kept as two factors, A @ B (A: m × k, B: k × n), so it can be added without forming it.
+
+    Attributes:
+        a: Left factor.
+        b: Right factor.
+    """
+
+    a: torch.Tensor
+    b: torch.Tensor
+
+    def dense(self) -> torch.Tensor:
+        """The m × n matrix A @ B."""
+        return self.a @ self.b
+
+
 class Mutation(ABC):
     """A perturbation of one task-vector matrix.
 
@@ -86,7 +103,7 @@ class Mutation(ABC):
         generator: torch.Generator,
         expert: str | None = None,
         device: torch.device | str = "cpu",
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> tuple[torch.Tensor | LowRank, torch.Tensor | None]:
         """The term an additive mutation adds to one tensor (τ' = τ + δ).
 
         Args:
@@ -97,7 +114,7 @@ class Mutation(ABC):
             device: Where to build δ.
 
         Returns:
-            δ (float32) and the drawn factors (or ``None``).
+            δ (float32, dense or as :class:`LowRank` factors) and the drawn factors (or ``None``).
         """
         raise NotImplementedError(f"{self.kind} mutation is not additive")
 
@@ -113,7 +130,7 @@ class AdditiveMutation(Mutation):
 
     def mutate_tensor(self, name, tau, *, generator, expert=None):  # noqa: D102
         d, factors = self.delta(name, tau.shape, generator=generator, expert=expert, device=tau.device)
-        return tau + d, factors
+        return tau + (d.dense() if isinstance(d, LowRank) else d), factors
 
 
 @dataclass
@@ -167,7 +184,7 @@ class SVDExpertMutation(AdditiveMutation):
         f = self.caches[expert].get(name)
         r = torch.rand(f.S.shape, generator=generator, dtype=torch.float32) * self.rho
         U, s, Vh = f.U.to(device), (r * f.S).to(device), f.Vh.to(device)
-        return (U * s.unsqueeze(0)) @ Vh, r
+        return LowRank(U * s.unsqueeze(0), Vh), r
 
     def params(self):  # noqa: D102
         ranks = {c.rank for c in self.caches.values()}

@@ -157,7 +157,9 @@ def _stream(
             c0, cs = coefficients
             # A base coefficient within rounding of 0 (weights normalised to sum 1) skips reading the base.
             terms = list(zip(inputs, cs, strict=True)) + ([(b, c0)] if abs(c0) > 1e-12 else [])
-            merged = weighted_sum([x for x, _ in terms], [c for _, c in terms], device=device)
+            merged = weighted_sum(
+                [x for x, _ in terms], [c for _, c in terms], device=device, out_dtype=out_dtype or b.dtype
+            )
         else:
             b32 = b.to(device=device, dtype=torch.float32)
             # torch.sub promotes a bf16/fp16 operand to float32 without an intermediate copy.

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cycleqd.operators import blocked
+from cycleqd.operators.blocked import weighted_sum
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(blocked, "_BLOCK", 64)  # many blocks, partial last block
+
+
+def test_weighted_sum_equals_the_hand_sum_over_many_blocks() -> None:
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(37, 11, generator=g) for _ in range(3)]
+    out = weighted_sum(xs, [0.5, -1.25, 2.0])
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, 0.5 * xs[0] - 1.25 * xs[1] + 2.0 * xs[2], atol=1e-6)
+
+
+def test_bf16_inputs_are_upcast_and_output_cast_once() -> None:
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(300, generator=g).to(torch.bfloat16) for _ in range(2)]
+    out = weighted_sum(xs, [0.3, 0.7], out_dtype=torch.bfloat16)
+    expected = (0.3 * xs[0].float() + 0.7 * xs[1].float()).to(torch.bfloat16)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, expected)
+
+
+def test_low_rank_term_is_added_without_forming_it() -> None:
+    g = torch.Generator().manual_seed(2)
+    xs = [torch.randn(23, 9, generator=g) for _ in range(2)]
+    a, b = torch.randn(23, 3, generator=g), torch.randn(3, 9, generator=g)
+    out = weighted_sum(xs, [0.4, 0.6], low_rank=(a, b))
+    assert torch.allclose(out, 0.4 * xs[0] + 0.6 * xs[1] + a @ b, atol=1e-5)
+
+
+def test_shape_errors() -> None:
+    with pytest.raises(ValueError, match="tensors of one shape"):
+        weighted_sum([torch.zeros(2), torch.zeros(3)], [1.0, 1.0])
+    with pytest.raises(ValueError, match="do not make a tensor of shape"):
+        weighted_sum([torch.zeros(4, 5)], [1.0], low_rank=(torch.zeros(4, 2), torch.zeros(3, 5)))
