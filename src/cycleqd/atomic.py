@@ -9,8 +9,29 @@ from pathlib import Path
 from typing import Any
 
 
+def fsync_dir(folder: str | Path) -> None:
+    """Flush a folder's entries (a rename inside it) to disk; a no-op where folders cannot be opened.
+
+    Args:
+        folder: The folder.
+    """
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` so that readers see the old or the new content, never a mix.
+
+    The content is flushed to disk before the rename, and the rename after it, so that after a
+    power loss the file is the old or the new one.
 
     Args:
         path: Destination file.
@@ -24,6 +45,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -6,6 +6,7 @@ Relative paths are resolved against the folder of the YAML file.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,6 +60,15 @@ class ArchiveConfig(_Strict):
     low_factor: float = Field(0.85, ge=0.0)
     high_factor: float = Field(1.15, ge=0.0)
 
+    @model_validator(mode="after")
+    def _factors(self) -> ArchiveConfig:
+        if self.low_factor > self.high_factor:
+            raise ValueError(
+                f"low_factor ({self.low_factor}) must not exceed high_factor ({self.high_factor}); "
+                "the paper uses 0.85 and 1.15"
+            )
+        return self
+
     @field_validator("ranges")
     @classmethod
     def _ranges(cls, v: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
@@ -75,6 +85,15 @@ class SelectionConfig(_Strict):
     alpha_low: float = Field(0.5, gt=0.0)
     alpha_high: float = Field(0.8, gt=0.0)
 
+    @model_validator(mode="after")
+    def _alphas(self) -> SelectionConfig:
+        if self.alpha_low > self.alpha_high:
+            raise ValueError(
+                f"alpha_low ({self.alpha_low}) must not exceed alpha_high ({self.alpha_high}); "
+                "the paper uses 0.5 and 0.8"
+            )
+        return self
+
 
 class CrossoverConfig(_Strict):
     """Crossover ω ~ N(mean, std²) per parent (per layer group with ``per_layer``)."""
@@ -82,6 +101,16 @@ class CrossoverConfig(_Strict):
     mean: float = 1.0
     std: float = Field(0.01, ge=0.0)
     per_layer: bool = False
+
+    @model_validator(mode="after")
+    def _away_from_zero(self) -> CrossoverConfig:
+        # ω1 + ω2 ~ N(2μ, 2σ²) must stay away from 0, or the normalised weights explode.
+        if abs(self.mean) <= 3 * self.std or self.mean == 0:
+            raise ValueError(
+                f"mean ({self.mean}) must be more than 3 std ({self.std}) away from 0, or the sum of the "
+                "drawn weights can come close to 0; the official code uses mean 1, std 0.01"
+            )
+        return self
 
 
 class MutationConfig(_Strict):
@@ -117,6 +146,16 @@ class MutationConfig(_Strict):
             raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
         return self
 
+    @field_validator("skip")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        for pattern in v:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression ({exc})") from None
+        return v
+
 
 class AggregationConfig(_Strict):
     """Final aggregation θ0 + Σ_k softmax(f/T)_k τ_{e_k}."""
@@ -133,8 +172,9 @@ class RunnerConfig(_Strict):
         workers: Number of Ray workers; also the number of jobs in flight.
         gpus_per_worker: GPUs each Ray worker reserves.
         cpus_per_worker: CPUs each Ray worker reserves.
-        parent_cache: How many parents each worker keeps in memory.
+        parent_cache: How many parents each process keeps open (memory-mapped, warm in the page cache).
         max_retries: Times a job is retried on another worker after its worker died.
+        start_timeout_s: Seconds the Ray workers may take to be placed and to load their model.
     """
 
     kind: Literal["local", "ray"] = "local"
@@ -142,8 +182,9 @@ class RunnerConfig(_Strict):
     workers: int = Field(1, ge=1)
     gpus_per_worker: float = Field(0.0, ge=0.0)
     cpus_per_worker: float = Field(1.0, gt=0.0)
-    parent_cache: int = Field(2, ge=0)
+    parent_cache: int = Field(4, ge=2)
     max_retries: int = Field(3, ge=0)
+    start_timeout_s: float = Field(600.0, gt=0)
 
 
 class RunConfig(_Strict):

@@ -64,3 +64,40 @@ def test_missing_model_path_is_reported_before_the_run_starts(tmp_path: Path) ->
     assert proc.returncode == 2
     assert f"models.experts.abs: {tmp_path / 'gone'} does not exist" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "message"),
+    [
+        (
+            "selection",
+            {"alpha_low": 0.9, "alpha_high": 0.5},
+            "alpha_low \\(0.9\\) must not exceed alpha_high",
+        ),
+        (
+            "archive",
+            {"low_factor": 1.2, "high_factor": 0.8},
+            "low_factor \\(1.2\\) must not exceed high_factor",
+        ),
+        ("crossover", {"mean": 0.0, "std": 0.01}, "must be more than 3 std"),
+        ("mutation", {"skip": ["norm("]}, "'norm\\(' is not a regular expression"),
+    ],
+)
+def test_inconsistent_settings_are_refused_up_front(tmp_path: Path, section, values, message) -> None:
+    cfg = write_toy_config(tmp_path, **{section: values})
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(cfg)
+    assert f"{section}" in str(err.value)
+
+
+def test_damaged_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
+    from cycleqd.engine.state import RunState
+    from cycleqd.errors import CycleQDError
+
+    ck = tmp_path / "checkpoint.json"
+    ck.write_text(
+        '{"version": 1, "seed": 0, "tasks": [], "generation": 0, "generations": 1, '
+        '"archives": {"format": "nope"}, "registry": [], "in_flight": [], "finished": false}'
+    )
+    with pytest.raises(CycleQDError, match="is not a readable checkpoint"):
+        RunState.load(ck)

@@ -12,6 +12,7 @@ from toyrun import cli, write_toy_config
 from cycleqd.config import load_config
 from cycleqd.engine.loop import Engine
 from cycleqd.engine.state import RunState
+from cycleqd.qd import ArchiveSet
 from cycleqd.weights import open_model
 
 
@@ -43,11 +44,22 @@ def test_cycling_order_and_parents_come_from_the_active_archive(toy_run: Path) -
     lines = _lines(toy_run)
     state = RunState.load(toy_run / "checkpoint.json")
     assert [ln["active_task"] for ln in lines[:6]] == ["sine", "product", "abs", "sine", "product", "abs"]
-    # Replay: parents of generation g were elites of archive tasks[g mod 3] when drawn.
+    # Replay the run from the experts: the parents of generation g must be elites of archive
+    # tasks[g mod 3] as it stood then, and the replayed archives must end as the checkpoint's.
+    replay = ArchiveSet(tasks=state.tasks, bin_specs=state.archives.bin_specs)
+    for task in state.tasks:
+        replay.add(f"expert-{task}", state.registry[f"expert-{task}"].scores["validation"])
     for ln in lines:
-        rec = state.registry[ln["child"]]
-        assert rec.parents == ln["parents"]
-        assert rec.active_task == ln["active_task"]
+        assert ln["active_task"] == state.tasks[ln["generation"] % 3]
+        held = set(replay[ln["active_task"]].model_ids())
+        assert set(ln["parents"]) <= held, f"generation {ln['generation']}"
+        assert state.registry[ln["child"]].parents == ln["parents"]
+        if ln["scores"] is not None:
+            added = replay.add(ln["child"], ln["scores"])
+            assert {t: r.status.value for t, r in added.results.items()} == {
+                t: d["status"] for t, d in ln["archives"].items()
+            }
+    assert replay == state.archives
 
 
 def test_registry_and_weights_on_disk_agree(toy_run: Path) -> None:

@@ -79,6 +79,43 @@ def test_sigkill_at_a_random_generation_then_resume_is_identical(
     assert _metrics(run) == _metrics(reference)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["after-persist", "after-metrics", "after-checkpoint", "after-aggregate"])
+def test_crash_at_each_write_then_resume_is_identical(tmp_path: Path, reference: Path, point: str) -> None:
+    if point == "after-persist":  # a generation whose child an archive took
+        ck = json.loads((reference / "checkpoint.json").read_text())
+        generation = min(
+            r["generation"]
+            for r in ck["registry"]
+            if r["kind"] == "child" and r["generation"] >= 5 and r["status"] in {"elite", "released"}
+        )
+    else:
+        generation = GENERATIONS if point == "after-aggregate" else 7
+    cfg = write_toy_config(tmp_path, generations=GENERATIONS)
+    run = tmp_path / "run"
+    env = {**os.environ, "CYCLEQD_CRASH_AT": f"{point}:{generation}"}
+    proc = subprocess.run(
+        [CLI, "run", str(cfg), "--out", str(run), "--no-progress"], env=env, capture_output=True, timeout=300
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    cli("resume", str(run), "--no-progress")
+    assert _final(run) == _final(reference)
+    assert _metrics(run) == _metrics(reference)
+
+
+@pytest.mark.slow
+def test_extending_a_finished_run_equals_running_longer(tmp_path: Path, reference: Path) -> None:
+    cfg = write_toy_config(tmp_path, generations=10)
+    run = tmp_path / "run"
+    cli("run", str(cfg), "--out", str(run), "--no-progress")
+    assert json.loads((run / "checkpoint.json").read_text())["finished"]
+    proc = cli("resume", str(run), "--generations", "5", check=False)
+    assert proc.returncode == 2
+    assert "has already made 10 generations" in proc.stderr
+    cli("resume", str(run), "--generations", str(GENERATIONS), "--no-progress")
+    assert _final(run) == _final(reference)
+
+
 def test_resume_of_a_finished_run_changes_nothing(reference: Path) -> None:
     before = (reference / "checkpoint.json").read_text()
     cli("resume", str(reference), "--no-progress")

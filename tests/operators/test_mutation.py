@@ -176,3 +176,35 @@ def test_order_of_tensors_does_not_change_draws() -> None:
     a, _ = mutate(tau, GaussianMutation(), seed=3)
     b, _ = mutate(rev, GaussianMutation(), seed=3)
     assert all(torch.equal(a[n], b[n]) for n in tau)
+
+
+def test_rank_truncated_cache_uses_an_accurate_randomized_svd(tmp_path: Path) -> None:
+    # A slowly decaying spectrum (s_i ∝ i^-0.3), as task vectors have: the hard case for a
+    # randomized SVD. Its top-8 term must match the exact one closely.
+    g = torch.Generator().manual_seed(0)
+    m, n, k = 120, 90, 8
+    q1, _ = torch.linalg.qr(torch.randn(m, n, generator=g))
+    q2, _ = torch.linalg.qr(torch.randn(n, n, generator=g))
+    s = torch.arange(1, n + 1, dtype=torch.float32) ** -0.3
+    tau = q1 @ torch.diag(s) @ q2.T
+    cache = ExpertSVDCache(tmp_path / "rand", rank=k, randomized_above=100)
+    cache.build({"w": tau}, {"w": torch.zeros(m, n)}, ["w"])
+    exact = torch.linalg.svd(tau, full_matrices=False)
+    top = exact.U[:, :k] @ torch.diag(exact.S[:k]) @ exact.Vh[:k]
+    approx = cache.get("w").reconstruct()
+    assert float((approx - top).norm() / top.norm()) < 0.05
+
+
+def test_cache_build_adds_only_missing_tensors(tmp_path: Path) -> None:
+    expert = {"a": torch.randn(4, 3), "b": torch.randn(5, 2)}
+    base = {k: torch.zeros_like(v) for k, v in expert.items()}
+    cache = ExpertSVDCache(tmp_path / "c")
+    cache.build(expert, base, ["a"])
+    assert cache.missing(["a", "b"]) == ["b"]
+    first = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "c").glob("*.safetensors")}
+    done = []
+    cache.build(expert, base, ["a", "b"], progress=done.append)
+    assert done == ["b"]
+    assert cache.missing(["a", "b"]) == []
+    assert all((tmp_path / "c" / name).stat().st_mtime_ns == t for name, t in first.items())
+    assert torch.allclose(ExpertSVDCache(tmp_path / "c").get("b").reconstruct(), expert["b"], atol=1e-5)

@@ -37,14 +37,18 @@ def run(
 @app.command()
 def resume(
     run_dir: Annotated[Path, typer.Argument(help="Run folder of a stopped run.")],
+    generations: Annotated[
+        int | None,
+        typer.Option(help="New total number of generations; extends a finished run and aggregates again."),
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
-    """Continue a stopped run from its last checkpoint."""
+    """Continue a stopped run from its last checkpoint (or extend a finished one)."""
     from cycleqd.engine.loop import Engine
 
     start = time.perf_counter()
     with RichReporter(enabled=progress) as reporter:
-        Engine.open(run_dir, reporter=reporter).run()
+        Engine.open(run_dir, generations=generations, reporter=reporter).run()
     _summary(run_dir, time.perf_counter() - start)
 
 

@@ -48,8 +48,8 @@ def aggregate_tensors(
     yield from merge_models(
         base,
         elites,
-        method="linear",
+        method="task_arithmetic",
         weights=list(weights),
-        parameters={"normalize": False},
         out_dtype=torch.float32,
+        release_inputs=True,
     )

@@ -20,10 +20,18 @@ from typing import Any
 import torch
 
 from cycleqd.engine.job import Job
+from cycleqd.evaluation.base import TaskResult
 from cycleqd.evaluation.evaluator import Evaluator
 from cycleqd.operators import CrossoverPlan, Mutation, crossover_tensor, draw_crossover, mutate_one
 from cycleqd.operators.blocked import weighted_sum
-from cycleqd.operators.mutation import FactorSummary, LowRank, NoMutation, SVDExpertMutation, is_mutable
+from cycleqd.operators.mutation import (
+    FactorSummary,
+    LowRank,
+    MutationRecord,
+    NoMutation,
+    SVDExpertMutation,
+    is_mutable,
+)
 from cycleqd.operators.random import make_generator
 from cycleqd.seeding import derive_seed
 from cycleqd.weights import ModelSource, open_model
@@ -197,14 +205,15 @@ class ChildBuilder:
         summary = FactorSummary()
         counts = {"mutated": 0, "skipped": 0}
         weights = dict(self.stream(job, plan, summary, counts))
-        record = {
-            "kind": self.mutation.kind,
-            "params": self.mutation.params(),
-            **counts,
-            "factors": summary.to_record(),
-            "expert": job.active_task if isinstance(self.mutation, SVDExpertMutation) else None,
-        }
-        return weights, self.recipe_fingerprint(job, plan), plan, record
+        record = MutationRecord(
+            kind=self.mutation.kind,
+            params=self.mutation.params(),
+            mutated=counts["mutated"],
+            skipped=counts["skipped"],
+            factors=summary.to_record(),
+            expert=job.active_task if isinstance(self.mutation, SVDExpertMutation) else None,
+        )
+        return weights, self.recipe_fingerprint(job, plan), plan, record.to_record()
 
     def recipe_fingerprint(self, job: Job, plan: CrossoverPlan) -> str:
         """A child's fingerprint from what determines its tensors, without hashing them.
@@ -251,10 +260,10 @@ def validation_scores(results: Mapping[str, Any], tasks: Sequence[str]) -> dict[
     for task in tasks:
         if task not in results:
             raise ValueError(f"task {task} returned no result")
-        score = getattr(results[task], "score", results[task])
-        if not isinstance(score, (int, float)) or not (0.0 <= float(score) <= 1.0):
-            raise ValueError(f"task {task} returned the score {score!r}, not a number in [0, 1]")
-        scores[task] = float(score)
+        result = results[task]
+        if not isinstance(result, TaskResult):  # TaskResult checks its score when it is made
+            raise ValueError(f"task {task} returned a {type(result).__name__}, not a TaskResult")
+        scores[task] = result.score
     return scores
 
 

@@ -15,10 +15,13 @@ the checkpoint and model folders it does not refer to are removed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
+import gc
 import json
 import os
 import shutil
+import signal
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -120,6 +123,7 @@ class Engine:
     paths: RunPaths
     reporter: Reporter = field(default_factory=NullReporter)
     _evaluator: Evaluator | None = field(default=None, init=False, repr=False)
+    _tasks: list[Any] = field(default_factory=list, init=False, repr=False)
     _base: ModelSource | None = field(default=None, init=False, repr=False)
 
     # -- construction ----------------------------------------------------------------------------
@@ -152,11 +156,15 @@ class Engine:
         return cls(cfg=cfg, paths=paths, reporter=reporter or NullReporter())
 
     @classmethod
-    def open(cls, run_dir: str | Path, *, reporter: Reporter | None = None) -> Engine:
+    def open(
+        cls, run_dir: str | Path, *, generations: int | None = None, reporter: Reporter | None = None
+    ) -> Engine:
         """Open an existing run folder to resume it.
 
         Args:
             run_dir: The run folder.
+            generations: A new total number of generations (a finished run is extended, evolving
+                from where it stopped and aggregating again); recorded in the run's config.
             reporter: Progress sink.
 
         Returns:
@@ -169,6 +177,16 @@ class Engine:
         if not paths.config.is_file():
             raise CycleQDError(f"{paths.root} holds no run (no config.yaml); start one with `cycleqd run`")
         cfg = load_config(paths.config)
+        if generations is not None and generations != cfg.generations:
+            if paths.checkpoint.exists():
+                done = RunState.load(paths.checkpoint).generation
+                if generations < done:
+                    raise CycleQDError(
+                        f"{paths.root} has already made {done} generations; "
+                        "--generations must be at least that"
+                    )
+            cfg.generations = generations
+            atomic_write_text(paths.config, dump_config(cfg))
         return cls(cfg=cfg, paths=paths, reporter=reporter or NullReporter())
 
     # -- public ----------------------------------------------------------------------------------
@@ -183,24 +201,27 @@ class Engine:
         """
         with run_lock(self.paths):
             # Build tasks first: bad task data is reported before any model is loaded.
-            tasks = build_tasks(
+            self._tasks = build_tasks(
                 self.cfg.tasks, root=Path(self.cfg.root or "."), evaluation=self.cfg.evaluation
             )
+            for task in self._tasks:  # reference answers and data checks, before any long work
+                for split in SPLITS:
+                    task.prepare(split)
             self._base = open_model(self.cfg.models.base, name=BASE_ID)
-            backend = build_backend(self.cfg.evaluation, model_dir=self._base.path)
-            cache = ResultCache(self.paths.eval_cache) if self.cfg.evaluation.cache else None
-            self._evaluator = Evaluator(tasks, backend, cache=cache)
-            for split in SPLITS:  # reference answers and data checks, before any long work
-                self._evaluator.prepare(split)
             if self.paths.checkpoint.exists():
                 state = RunState.load(self.paths.checkpoint)
                 self._recover(state)
                 self.reporter.log(f"resuming {self.paths.root} at generation {state.generation}")
             else:
                 state = self._initialise()
-            state.generations = self.cfg.generations
+            self._set_generations(state, self.cfg.generations)
             if state.generation < state.generations:
                 runner = runner or self._runner(state)
+                if runner.slots != self._slots():
+                    raise ValueError(
+                        f"the runner has {runner.slots} slots but the config asks for {self._slots()}; "
+                        "jobs in flight are part of the run's definition"
+                    )
                 try:
                     self._evolve(state, runner)
                 finally:
@@ -209,6 +230,25 @@ class Engine:
                 self._finalise(state)
             return state
 
+    def _set_generations(self, state: RunState, total: int) -> None:
+        """Apply the configured number of generations, extending a finished run if it grew."""
+        if total < state.generation:
+            raise CycleQDError(
+                f"the run has already made {state.generation} generations; generations ({total}) "
+                "cannot be lower"
+            )
+        if total > state.generation and state.finished:
+            self.reporter.log(f"extending the finished run from {state.generation} to {total} generations")
+            state.finished = False
+            state.final = {}
+            state.registry.remove(AGGREGATE_ID)
+            # Test scores belong to the end of a run: the final evaluation makes them again (from the
+            # cache), so the registry is the one a run asked for this many generations would have.
+            for rec in state.registry:
+                rec.scores.pop("test", None)
+        state.in_flight = [j for j in state.in_flight if j.generation < total]
+        state.generations = total
+
     # -- pieces ----------------------------------------------------------------------------------
     def _experts(self) -> dict[str, ModelSource]:
         return {t: open_model(p, name=expert_id(t)) for t, p in self.cfg.models.experts.items()}
@@ -216,7 +256,6 @@ class Engine:
     def _initialise(self) -> RunState:
         cfg, base = self.cfg, self._base
         assert base is not None
-        assert self._evaluator is not None
         experts = self._experts()
         self.reporter.log(f"checking the base and {len(experts)} experts")
         scans = validate_models(base, list(experts.values()), check_finite=cfg.models.check_finite)
@@ -285,9 +324,26 @@ class Engine:
     def _slots(self) -> int:
         return self.cfg.runner.workers if self.cfg.runner.kind == "ray" else 1
 
+    @property
+    def evaluator(self) -> Evaluator:
+        """The driver's evaluator, built on first use (its backend holds a resident model)."""
+        if self._evaluator is None:
+            assert self._base is not None, "call run()"
+            backend = build_backend(self.cfg.evaluation, model_dir=self._base.path)
+            cache = ResultCache(self.paths.eval_cache) if self.cfg.evaluation.cache else None
+            self._evaluator = Evaluator(self._tasks, backend, cache=cache)
+        return self._evaluator
+
+    def _release_evaluator(self) -> None:
+        if self._evaluator is None:
+            return
+        self._evaluator = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def _scores(self, weights: Mapping[str, torch.Tensor], fingerprint: str, split: str) -> dict[str, float]:
-        assert self._evaluator is not None
-        results = self._evaluator.evaluate(weights, fingerprint=fingerprint, split=split)
+        results = self.evaluator.evaluate(weights, fingerprint=fingerprint, split=split)
         return validation_scores(results, self.cfg.task_names)
 
     def svd_root(self) -> Path:
@@ -295,7 +351,8 @@ class Engine:
         return Path(self.cfg.mutation.svd_cache) if self.cfg.mutation.svd_cache else self.paths.svd
 
     @staticmethod
-    def _fingerprints(state: RunState) -> dict[str, str]:
+    def fingerprints(state: RunState) -> dict[str, str]:
+        """Fingerprints of the base and the experts, by model id."""
         return {
             r.id: r.fingerprint or "" for r in state.registry if r.kind in (ModelKind.BASE, ModelKind.EXPERT)
         }
@@ -307,12 +364,12 @@ class Engine:
         base = self._base
         assert base is not None
         caches = svd_caches(self.cfg, fingerprints=fingerprints, svd_root=self.svd_root())
-        todo = {t: c for t, c in caches.items() if not c.complete}
+        names = [n for n in base if is_mutable(n, len(base.shape(n)), self.cfg.mutation.skip)]
+        todo = {t: c for t, c in caches.items() if c.missing(names) or not c.complete}
         if not todo:
             return
-        names = [n for n in base if is_mutable(n, len(base.shape(n)), self.cfg.mutation.skip)]
         experts = self._experts()
-        self.reporter.phase("expert SVDs", total=len(names) * len(todo))
+        self.reporter.phase("expert SVDs", total=sum(len(c.missing(names)) for c in todo.values()))
         for task, cache in todo.items():
             cache.build(experts[task], base, names, progress=lambda _n: self.reporter.advance())
 
@@ -330,26 +387,27 @@ class Engine:
         return ChildBuilder(
             base=self._base,
             mutation=build_mutation(
-                self.cfg, fingerprints=self._fingerprints(state), svd_root=self.svd_root()
+                self.cfg, fingerprints=self.fingerprints(state), svd_root=self.svd_root()
             ),
             crossover_mean=c.crossover.mean,
             crossover_std=c.crossover.std,
             per_layer=c.crossover.per_layer,
             skip_patterns=tuple(c.mutation.skip),
             dtype=parse_dtype(c.models.dtype),
-            parents=ParentCache(size=max(c.runner.parent_cache, 2) + 2),
+            parents=ParentCache(size=c.runner.parent_cache),
         )
 
     def _runner(self, state: RunState) -> Runner:
         from cycleqd.engine.runners.local import LocalRunner
 
-        assert self._evaluator is not None
-        self._prepare_mutation_cache(self._fingerprints(state))  # if deleted since, or interrupted
+        self._prepare_mutation_cache(self.fingerprints(state))  # if deleted since, or interrupted
         if self.cfg.runner.kind == "ray":
             from cycleqd.engine.runners.ray import RayRunner
 
+            # The workers hold the models: free the driver's (a GPU it holds is a worker's less).
+            self._release_evaluator()
             return RayRunner.from_engine(self, state)
-        return LocalRunner(self.child_builder(state), self._evaluator)
+        return LocalRunner(self.child_builder(state), self.evaluator)
 
     def active_task(self, generation: int) -> str:
         """The task whose archive supplies the parents of a generation.
@@ -413,7 +471,7 @@ class Engine:
         return {t: archive_metrics(archives[t]) for t in self.cfg.task_names}
 
     def _evolve(self, state: RunState, runner: Runner) -> None:
-        slots = runner.slots
+        slots = self._slots()
         # Jobs restored from the checkpoint run again first, exactly as drawn.
         for job in state.in_flight:
             runner.submit(job)
@@ -430,6 +488,7 @@ class Engine:
             for job in self._fill_in_flight(state, slots=slots):
                 runner.submit(job)
             state.save(self.paths.checkpoint)
+            crash_point("after-checkpoint", state.generation - 1)
             self._collect_garbage(state)
             self.reporter.advance(line)
             self._check_failures(state)
@@ -475,6 +534,7 @@ class Engine:
                 record.status = ModelStatus.ELITE
                 record.path = str(self.paths.model_dir(job.child_id).relative_to(self.paths.root))
                 runner.persist(outcome, self.paths.model_dir(job.child_id))
+                crash_point("after-persist", job.generation)
             else:
                 record.status = ModelStatus.REJECTED
                 runner.discard(outcome)
@@ -507,10 +567,22 @@ class Engine:
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         _append_line(self.paths.metrics, line)
+        crash_point("after-metrics", job.generation)
         return line
+
+    def _parent_path(self, state: RunState, model_id: str) -> str:
+        rec = state.registry[model_id]
+        if rec.path is None:  # a released parent still needed by a job in flight: kept on disk
+            return str(self.paths.model_dir(model_id))
+        return self._model_path(state, model_id)
 
     def _recover(self, state: RunState) -> None:
         """Bring the folder back in line with the checkpoint after a stop at any moment."""
+        # Jobs in flight name their parents by absolute path: the folder may have moved since.
+        state.in_flight = [
+            dataclasses.replace(j, parent_paths=tuple(self._parent_path(state, p) for p in j.parents))
+            for j in state.in_flight
+        ]
         # Metrics lines written after the last checkpoint are dropped (those generations rerun).
         if self.paths.metrics.exists():
             kept = [
@@ -539,7 +611,6 @@ class Engine:
 
     def _finalise(self, state: RunState) -> None:
         assert self._base is not None
-        assert self._evaluator is not None
         cfg = self.cfg
         bests = {t: state.archives[t].best() for t in cfg.task_names}
         best_ids = [bests[t].model_id for t in cfg.task_names]
@@ -553,6 +624,7 @@ class Engine:
             template=self._base,
             dtype=parse_dtype(cfg.models.dtype),
         )
+        crash_point("after-aggregate", state.generation)
         agg = open_model(self.paths.aggregate, name=AGGREGATE_ID)
         state.registry.remove(AGGREGATE_ID)  # a finalisation that was interrupted is redone
         agg_record = ModelRecord(
@@ -597,6 +669,22 @@ class Engine:
         }
         state.finished = True
         state.save(self.paths.checkpoint)
+
+
+def crash_point(point: str, generation: int) -> None:
+    """Kill this process with SIGKILL here when ``CYCLEQD_CRASH_AT`` is ``point:generation``.
+
+    A testing hook: the resume tests stop runs at exact places of the write sequence (after a child's
+    weights, after its metrics line, after the checkpoint, after the aggregate) and check that the
+    resumed run ends as an uninterrupted one. Unset, it costs one dictionary lookup.
+
+    Args:
+        point: Name of the place.
+        generation: The generation being written.
+    """
+    target = os.environ.get("CYCLEQD_CRASH_AT")
+    if target and target == f"{point}:{generation}":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _remove(path: Path) -> None:

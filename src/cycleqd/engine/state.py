@@ -97,5 +97,8 @@ class RunState:
             raise CycleQDError(f"{path} does not exist: this folder holds no checkpoint of a run")
         try:
             return cls.from_dict(json.loads(path.read_text()))
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise CycleQDError(f"{path} is not a readable checkpoint ({exc})") from exc
+        except (json.JSONDecodeError, KeyError, ValueError, TypeError) as exc:
+            raise CycleQDError(
+                f"{path} is not a readable checkpoint ({type(exc).__name__}: {exc}); restore it from a "
+                "backup or start the run again"
+            ) from exc

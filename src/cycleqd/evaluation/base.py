@@ -9,6 +9,7 @@ backend's current model on a split.
 from __future__ import annotations
 
 import math
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -67,8 +68,9 @@ class TaskResult:
     items: list[ItemResult] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.score, (int, float)) or math.isnan(self.score):
+        if isinstance(self.score, bool) or not isinstance(self.score, numbers.Real) or math.isnan(self.score):
             raise ValueError(f"task {self.task} returned a score that is not a number: {self.score!r}")
+        object.__setattr__(self, "score", float(self.score))  # numpy scalars become plain floats
         if not 0.0 <= self.score <= 1.0:
             raise ValueError(f"task {self.task} returned a score outside [0, 1]: {self.score!r}")
 

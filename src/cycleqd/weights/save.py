@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import uuid
 from collections.abc import Iterable, Mapping
@@ -11,6 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from cycleqd.atomic import fsync_dir
 from cycleqd.weights.dtypes import dtype_name, parse_dtype
 from cycleqd.weights.source import INDEX_NAME, ModelSource
 
@@ -59,11 +61,22 @@ def save_model(
         if template_dir is not None:
             _copy_template(Path(template_dir), tmp, target)
         _write_shards(tensors, tmp, target=target, max_shard_bytes=max_shard_bytes, metadata=metadata)
+        _fsync_tree(tmp)
         replace_dir(tmp, out_dir)
+        fsync_dir(out_dir.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file of a folder, then the folder itself, to disk (before it is renamed into place)."""
+    for f in folder.iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    fsync_dir(folder)
 
 
 def replace_dir(src: Path, dst: Path) -> None:

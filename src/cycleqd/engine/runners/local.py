@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections import deque
 from pathlib import Path
 
-from cycleqd.evaluation.evaluator import Evaluator
-
 from cycleqd.engine.jobs import ChildBuilder, Job, JobOutcome, execute_job
 from cycleqd.engine.runners.base import Runner
+from cycleqd.evaluation.evaluator import Evaluator
 from cycleqd.weights import save_model
 
 
@@ -35,7 +34,8 @@ class LocalRunner(Runner):
 
     def persist(self, outcome: JobOutcome, path: Path) -> None:  # noqa: D102
         assert outcome.weights is not None, "the local runner keeps every child's weights"
-        save_model(outcome.weights, path, template=self.builder.base, dtype=None)
+        # The tensors are already in the storage dtype; naming it also records it in config.json.
+        save_model(outcome.weights, path, template=self.builder.base, dtype=self.builder.dtype)
         outcome.weights = None
 
     def discard(self, outcome: JobOutcome) -> None:  # noqa: D102

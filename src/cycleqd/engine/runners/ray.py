@@ -81,10 +81,9 @@ class CycleQDWorker:
             per_layer=cfg.crossover.per_layer,
             skip_patterns=tuple(cfg.mutation.skip),
             dtype=parse_dtype(cfg.models.dtype),
-            parents=ParentCache(size=max(cfg.runner.parent_cache, 2)),
+            parents=ParentCache(size=cfg.runner.parent_cache),
         )
         self._kept: dict[str, Any] = {}
-        self._jobs: dict[str, Job] = {}
 
     def pid(self) -> int:
         """The worker's process id (tests kill workers by it)."""
@@ -95,7 +94,6 @@ class CycleQDWorker:
         outcome = execute_job(job, self.builder, self.evaluator)
         if outcome.weights is not None:
             self._kept[job.child_id] = outcome.weights
-            self._jobs[job.child_id] = job
         outcome.weights = None
         outcome.worker = self.name
         return outcome
@@ -105,10 +103,9 @@ class CycleQDWorker:
         from cycleqd.weights import save_model
 
         weights = self._kept.pop(child_id, None)
-        self._jobs.pop(child_id, None)
         if weights is None:
             return False
-        save_model(weights, path, template=self.builder.base, dtype=None)
+        save_model(weights, path, template=self.builder.base, dtype=self.builder.dtype)
         return True
 
     def rebuild_and_persist(self, job: Job, path: str) -> None:
@@ -116,16 +113,23 @@ class CycleQDWorker:
         from cycleqd.weights import save_model
 
         weights, _, _, _ = self.builder.build(job)
-        save_model(weights, path, template=self.builder.base, dtype=None)
+        save_model(weights, path, template=self.builder.base, dtype=self.builder.dtype)
 
     def discard(self, child_id: str) -> None:
         """Forget a kept child."""
         self._kept.pop(child_id, None)
-        self._jobs.pop(child_id, None)
+
+
+#: Worker methods that must not wait behind a running build and evaluation.
+_IO_GROUP = "io"
 
 
 class RayRunner(Runner):
     """Runs jobs on Ray actors.
+
+    Each worker runs one job at a time; writing or forgetting a kept child (``persist``/``discard``)
+    runs in a second thread of the worker (a Ray concurrency group), so the driver never waits for a
+    worker's next build and evaluation to finish before its verdict on the previous child lands.
 
     Args:
         spec: Settings sent to every worker.
@@ -134,6 +138,10 @@ class RayRunner(Runner):
         cpus_per_worker: CPUs each worker reserves.
         gpus_per_worker: GPUs each worker reserves.
         max_retries: How many times one job may be retried after its worker died.
+        start_timeout_s: How long the workers may take to be placed and to load their model.
+
+    Raises:
+        CycleQDError: When Ray is missing, or the workers cannot be placed on the cluster in time.
     """
 
     def __init__(
@@ -145,6 +153,7 @@ class RayRunner(Runner):
         cpus_per_worker: float = 1.0,
         gpus_per_worker: float = 0.0,
         max_retries: int = 3,
+        start_timeout_s: float = 600.0,
     ) -> None:
         try:
             import ray
@@ -160,19 +169,25 @@ class RayRunner(Runner):
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
         self.slots = workers
         self._spec = spec
-        self._actor_cls = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0)(
-            CycleQDWorker
-        )
+        self._actor_cls = ray.remote(
+            num_cpus=cpus_per_worker,
+            num_gpus=gpus_per_worker,
+            max_restarts=0,
+            concurrency_groups={_IO_GROUP: 1},
+        )(CycleQDWorker)
         self._max_retries = max_retries
         self._serial = 0
         self._workers: dict[str, Any] = {}
-        for _ in range(workers):
-            self._start_worker()
         self._running: dict[Any, tuple[Job, str]] = {}  # object ref → (job, worker name)
-        self._idle: list[str] = list(self._workers)
+        self._idle: list[str] = []
         self._queue: list[Job] = []
         self._retries: dict[int, int] = {}
         self.restarts = 0
+        for _ in range(workers):
+            self._idle.append(self._start_worker())
+        self._wait_started(
+            start_timeout_s, workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker
+        )
 
     @classmethod
     def from_engine(cls, engine: Engine, state: RunState) -> RayRunner:
@@ -180,7 +195,7 @@ class RayRunner(Runner):
         r = engine.cfg.runner
         spec = WorkerSpec(
             config=engine.cfg.model_dump(mode="json"),
-            svd_fingerprints=engine._fingerprints(state),
+            svd_fingerprints=engine.fingerprints(state),
             svd_root=str(engine.svd_root()),
         )
         return cls(
@@ -190,6 +205,7 @@ class RayRunner(Runner):
             cpus_per_worker=r.cpus_per_worker,
             gpus_per_worker=r.gpus_per_worker,
             max_retries=r.max_retries,
+            start_timeout_s=r.start_timeout_s,
         )
 
     # -- workers ---------------------------------------------------------------------------------
@@ -199,16 +215,57 @@ class RayRunner(Runner):
         self._workers[name] = self._actor_cls.remote(self._spec, name)
         return name
 
+    def _io(self, actor: Any, method: str) -> Any:
+        return getattr(actor, method).options(concurrency_group=_IO_GROUP)
+
+    def _wait_started(
+        self, timeout: float, *, workers: int, cpus_per_worker: float, gpus_per_worker: float
+    ) -> None:
+        ray = self._ray
+        refs = [self._io(a, "pid").remote() for a in self._workers.values()]
+        try:
+            ray.get(refs, timeout=timeout)
+        except ray.exceptions.GetTimeoutError:
+            have = ray.cluster_resources()
+            self.close()
+            raise CycleQDError(
+                f"the {workers} Ray workers were not all up after {timeout:.0f} s: the config asks for "
+                f"{workers} × ({cpus_per_worker} CPU, {gpus_per_worker} GPU) and the cluster has "
+                f"{have.get('CPU', 0):g} CPU and {have.get('GPU', 0):g} GPU; lower runner.workers or the "
+                "per-worker resources, or raise runner.start_timeout_s if the model is slow to load"
+            ) from None
+        except ray.exceptions.RayActorError as exc:
+            self.close()
+            raise CycleQDError(f"a Ray worker failed to start: {exc}") from exc
+
     def worker_pids(self) -> dict[str, int]:
         """Process id of each live worker."""
-        return {n: self._ray.get(a.pid.remote()) for n, a in self._workers.items()}
+        return {n: self._ray.get(self._io(a, "pid").remote()) for n, a in self._workers.items()}
 
-    def _replace(self, name: str) -> None:
-        self._workers.pop(name, None)
-        if name in self._idle:
-            self._idle.remove(name)
-        self._idle.append(self._start_worker())
-        self.restarts += 1
+    def _worker_died(self, name: str, job: Job | None = None) -> None:
+        """Replace a dead worker once and queue again the jobs it was running (``job`` included)."""
+        lost = [job] if job is not None else []
+        for ref, (j, w) in list(self._running.items()):
+            if w == name:
+                del self._running[ref]
+                lost.append(j)
+        if name in self._workers:
+            del self._workers[name]
+            if name in self._idle:
+                self._idle.remove(name)
+            self._idle.append(self._start_worker())
+            self.restarts += 1
+        for j in sorted(lost, key=lambda j: j.generation, reverse=True):
+            tries = self._retries.get(j.generation, 0) + 1
+            if tries > self._max_retries:
+                raise CycleQDError(
+                    f"generation {j.generation}: its worker died {tries} times; see the Ray logs "
+                    "(out of memory is the usual cause: lower the model's memory footprint or the workers "
+                    "per node); the run resumes from its checkpoint with `cycleqd resume`"
+                )
+            self._retries[j.generation] = tries
+            self._queue.insert(0, j)
+        self._dispatch()
 
     # -- Runner ----------------------------------------------------------------------------------
     def submit(self, job: Job) -> None:  # noqa: D102
@@ -232,17 +289,8 @@ class RayRunner(Runner):
             job, name = self._running.pop(ref)
             try:
                 outcome = ray.get(ref)
-            except ray.exceptions.RayActorError as exc:
-                tries = self._retries.get(job.generation, 0) + 1
-                if tries > self._max_retries:
-                    raise CycleQDError(
-                        f"generation {job.generation}: its worker died {tries} times ({exc}); "
-                        "see the Ray logs, or lower the model's memory footprint"
-                    ) from exc
-                self._retries[job.generation] = tries
-                self._replace(name)
-                self._queue.insert(0, job)
-                self._dispatch()
+            except ray.exceptions.RayActorError:
+                self._worker_died(name, job)
                 continue
             self._idle.append(name)
             self._dispatch()
@@ -250,22 +298,30 @@ class RayRunner(Runner):
 
     def persist(self, outcome: JobOutcome, path: Path) -> None:  # noqa: D102
         ray = self._ray
-        actor = self._workers.get(outcome.worker or "")
-        saved = False
-        if actor is not None:
+        name = outcome.worker or ""
+        if name in self._workers:
             try:
-                saved = ray.get(actor.persist.remote(outcome.job.child_id, str(path)))
+                if ray.get(self._io(self._workers[name], "persist").remote(outcome.job.child_id, str(path))):
+                    return
             except ray.exceptions.RayActorError:
-                self._replace(outcome.worker or "")
-        if not saved:
-            # Its worker died after evaluating it: build it again (deterministic) on any worker.
-            name = next(iter(self._workers))
-            ray.get(self._workers[name].rebuild_and_persist.remote(outcome.job, str(path)))
+                self._worker_died(name)
+        # Its worker died after evaluating it: build it again (deterministically) on another worker.
+        for _ in range(self._max_retries + 1):
+            other = next(iter(self._workers))
+            try:
+                ray.get(self._io(self._workers[other], "rebuild_and_persist").remote(outcome.job, str(path)))
+                return
+            except ray.exceptions.RayActorError:
+                self._worker_died(other)
+        raise CycleQDError(
+            f"{outcome.job.child_id} could not be written: every worker asked to rebuild it died; see the "
+            "Ray logs; the run resumes from its checkpoint with `cycleqd resume`"
+        )
 
     def discard(self, outcome: JobOutcome) -> None:  # noqa: D102
         actor = self._workers.get(outcome.worker or "")
         if actor is not None:
-            actor.discard.remote(outcome.job.child_id)
+            self._io(actor, "discard").remote(outcome.job.child_id)
 
     def close(self) -> None:  # noqa: D102
         for actor in self._workers.values():
