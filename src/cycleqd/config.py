@@ -30,12 +30,16 @@ class ModelsConfig(_Strict):
         dtype: Storage dtype of children and the aggregate (``float32``, ``bfloat16``, ``float16``,
             ``auto`` = the base's).
         check_finite: Scan base and experts for NaN/Inf before the run.
+        durable_writes: Flush each elite's weights to disk before the checkpoint that refers to them
+            (survives a power loss; costs a full disk write per elite). A killed process never needs
+            it: the checkpoint itself is always flushed.
     """
 
     base: str
     experts: dict[str, str]
     dtype: str = "float32"
     check_finite: bool = True
+    durable_writes: bool = False
 
     @field_validator("dtype")
     @classmethod

@@ -128,3 +128,17 @@ def test_run_refuses_an_existing_run_folder(reference: Path, tmp_path: Path) -> 
     assert proc.returncode == 2
     assert "already holds a run" in proc.stderr
     assert "cycleqd resume" in proc.stderr
+
+
+def test_damaged_elite_weights_stop_the_resume_with_a_clear_error(tmp_path: Path) -> None:
+    cfg = write_toy_config(tmp_path, generations=6)
+    run = tmp_path / "run"
+    env = {**os.environ, "CYCLEQD_CRASH_AT": "after-checkpoint:4"}
+    proc = subprocess.run([CLI, "run", str(cfg), "--out", str(run), "--no-progress"], env=env, timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    elite = sorted((run / "models").iterdir())[0]
+    (elite / "model.safetensors").write_bytes(b"\0" * 10)  # what a power loss can leave
+    proc = cli("resume", str(run), check=False)
+    assert proc.returncode == 2
+    assert f"the weights of 1 elite(s) in {run / 'models'} are missing or damaged" in proc.stderr
+    assert elite.name in proc.stderr

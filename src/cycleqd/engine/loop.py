@@ -407,7 +407,7 @@ class Engine:
             # The workers hold the models: free the driver's (a GPU it holds is a worker's less).
             self._release_evaluator()
             return RayRunner.from_engine(self, state)
-        return LocalRunner(self.child_builder(state), self.evaluator)
+        return LocalRunner(self.child_builder(state), self.evaluator, durable=self.cfg.models.durable_writes)
 
     def active_task(self, generation: int) -> str:
         """The task whose archive supplies the parents of a generation.
@@ -594,6 +594,20 @@ class Engine:
         self._collect_garbage(state)
         for entry in self.paths.root.glob(".*.tmp-*"):
             _remove(entry)
+        damaged = []
+        for rec in state.registry:
+            if rec.kind is ModelKind.CHILD and rec.status is ModelStatus.ELITE:
+                try:
+                    src = open_model(self._model_path(state, rec.id), name=rec.id)
+                    src.shape(next(iter(src)))
+                except Exception as exc:
+                    damaged.append(f"{rec.id} ({type(exc).__name__}: {exc})")
+        if damaged:
+            raise CycleQDError(
+                f"the weights of {len(damaged)} elite(s) in {self.paths.models} are missing or damaged "
+                f"(a power loss without models.durable_writes?): {'; '.join(damaged[:5])}; "
+                "the run cannot resume exactly; start it again"
+            )
 
     def _collect_garbage(self, state: RunState) -> None:
         """Delete the weights of children that no archive holds and no job in flight needs.

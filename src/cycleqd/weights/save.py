@@ -29,6 +29,7 @@ def save_model(
     dtype: torch.dtype | str | None = None,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     metadata: Mapping[str, str] | None = None,
+    durable: bool = False,
 ) -> Path:
     """Write weights as a Hugging Face folder, atomically.
 
@@ -47,6 +48,8 @@ def save_model(
         dtype: Storage dtype of floating-point tensors (``None``/``auto`` keeps each tensor's dtype).
         max_shard_bytes: Largest shard size in bytes.
         metadata: Extra string metadata stored in every shard header.
+        durable: Flush every file to disk before the folder is renamed into place, so the folder
+            survives a power loss complete (costs a full write to disk: seconds per GB).
 
     Returns:
         The destination folder.
@@ -61,9 +64,11 @@ def save_model(
         if template_dir is not None:
             _copy_template(Path(template_dir), tmp, target)
         _write_shards(tensors, tmp, target=target, max_shard_bytes=max_shard_bytes, metadata=metadata)
-        _fsync_tree(tmp)
+        if durable:
+            _fsync_tree(tmp)
         replace_dir(tmp, out_dir)
-        fsync_dir(out_dir.parent)
+        if durable:
+            fsync_dir(out_dir.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -17,13 +17,15 @@ class LocalRunner(Runner):
     Args:
         builder: Builds children.
         evaluator: Evaluates them.
+        durable: Flush the elites' weights to disk (see ``models.durable_writes``).
     """
 
     slots = 1
 
-    def __init__(self, builder: ChildBuilder, evaluator: Evaluator) -> None:
+    def __init__(self, builder: ChildBuilder, evaluator: Evaluator, *, durable: bool = False) -> None:
         self.builder = builder
         self.evaluator = evaluator
+        self.durable = durable
         self._queue: deque[Job] = deque()
 
     def submit(self, job: Job) -> None:  # noqa: D102
@@ -35,7 +37,9 @@ class LocalRunner(Runner):
     def persist(self, outcome: JobOutcome, path: Path) -> None:  # noqa: D102
         assert outcome.weights is not None, "the local runner keeps every child's weights"
         # The tensors are already in the storage dtype; naming it also records it in config.json.
-        save_model(outcome.weights, path, template=self.builder.base, dtype=self.builder.dtype)
+        save_model(
+            outcome.weights, path, template=self.builder.base, dtype=self.builder.dtype, durable=self.durable
+        )
         outcome.weights = None
 
     def discard(self, outcome: JobOutcome) -> None:  # noqa: D102

@@ -84,6 +84,7 @@ class CycleQDWorker:
             parents=ParentCache(size=cfg.runner.parent_cache),
         )
         self._kept: dict[str, Any] = {}
+        self.durable = cfg.models.durable_writes
 
     def pid(self) -> int:
         """The worker's process id (tests kill workers by it)."""
@@ -105,7 +106,7 @@ class CycleQDWorker:
         weights = self._kept.pop(child_id, None)
         if weights is None:
             return False
-        save_model(weights, path, template=self.builder.base, dtype=self.builder.dtype)
+        save_model(weights, path, template=self.builder.base, dtype=self.builder.dtype, durable=self.durable)
         return True
 
     def rebuild_and_persist(self, job: Job, path: str) -> None:
@@ -113,7 +114,7 @@ class CycleQDWorker:
         from cycleqd.weights import save_model
 
         weights, _, _, _ = self.builder.build(job)
-        save_model(weights, path, template=self.builder.base, dtype=self.builder.dtype)
+        save_model(weights, path, template=self.builder.base, dtype=self.builder.dtype, durable=self.durable)
 
     def discard(self, child_id: str) -> None:
         """Forget a kept child."""
