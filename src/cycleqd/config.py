@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cycleqd.errors import ConfigError
 from cycleqd.evaluation.spec import EvaluationSpec, TaskSpec
+from cycleqd.validation import validation_lines
 
 
 class _Strict(BaseModel):
@@ -263,7 +264,7 @@ class RunConfig(_Strict):
 
 
 def format_validation_error(exc: ValidationError, *, source: str) -> str:
-    """One line per problem: the dotted field, what is wrong, and the value given.
+    """The problems of a run config, one line per field.
 
     Args:
         exc: The pydantic error.
@@ -272,22 +273,10 @@ def format_validation_error(exc: ValidationError, *, source: str) -> str:
     Returns:
         A readable multi-line message.
     """
-    lines = [f"{source} is not a valid config ({exc.error_count()} problem(s)):"]
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field; remove it or check its spelling (see the documented fields)"
-        elif err["type"] == "missing":
-            msg = "required field is missing"
-        given = err.get("input")
-        shown = (
-            ""
-            if err["type"] in {"missing", "extra_forbidden"} or isinstance(given, dict)
-            else f" (got {given!r})"
-        )
-        lines.append(f"  {loc}: {msg}{shown}")
-    return "\n".join(lines)
+    lines = validation_lines(exc, model=RunConfig)
+    return "\n".join(
+        [f"{source} is not a valid config ({len(lines)} problem(s)):", *(f"  {ln}" for ln in lines)]
+    )
 
 
 def resolve_path(value: str, root: Path) -> str:

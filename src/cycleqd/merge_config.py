@@ -49,6 +49,7 @@ from cycleqd.errors import ConfigError, ModelMismatchError
 from cycleqd.operators.merge import MERGE_METHODS, get_merge_method, merge_models
 from cycleqd.operators.merge.params import count_layers
 from cycleqd.operators.merge.registry import REQUIRED, check_parameter
+from cycleqd.validation import validation_lines
 from cycleqd.weights import ModelSource, open_model, save_model, validate_models
 from cycleqd.weights.dtypes import parse_dtype
 from cycleqd.weights.validate import structure_problems
@@ -235,7 +236,7 @@ def parse_size(value: int | str) -> int:
 
 
 def format_errors(exc: ValidationError, *, source: str) -> str:
-    """One line per problem, naming the field.
+    """One line per problem, naming the field (and, for an unknown one, the valid fields).
 
     Args:
         exc: The pydantic error.
@@ -244,38 +245,8 @@ def format_errors(exc: ValidationError, *, source: str) -> str:
     Returns:
         A readable multi-line message.
     """
-    lines = [f"{source} is not a valid merge config:"]
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = (
-                "unknown field; valid fields: "
-                + ", ".join(_fields_at(err["loc"]))
-                + " (see `cycleqd merge --help`)"
-            )
-        elif err["type"] == "missing":
-            msg = "required field is missing"
-        lines.append(f"  {loc}: {msg}" if loc else f"  {msg}")
-    return "\n".join(lines)
-
-
-def _fields_at(loc: tuple[Any, ...]) -> list[str]:
-    if "parameters" in loc:
-        return list(ConditionalSetting.model_fields)
-    model: type[BaseModel] = MergeConfig
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        sub = {
-            "models": ModelEntry,
-            "slices": SliceEntry,
-            "sources": SliceSource,
-        }.get(str(part))
-        if sub is None:
-            break
-        model = sub
-    return list(model.model_fields)
+    lines = validation_lines(exc, model=MergeConfig)
+    return "\n".join([f"{source} is not a valid merge config:", *(f"  {ln}" for ln in lines)])
 
 
 def load_merge_config(path: str | Path) -> MergeConfig:

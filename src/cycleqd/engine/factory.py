@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from cycleqd.config import RunConfig
+from cycleqd.engine.jobs import ChildBuilder, ParentCache
 from cycleqd.operators import (
     ExpertSVDCache,
     GaussianMutation,
@@ -14,6 +15,8 @@ from cycleqd.operators import (
     SVDExpertMutation,
     SVDSelfMutation,
 )
+from cycleqd.weights import ModelSource
+from cycleqd.weights.dtypes import parse_dtype
 
 BASE_ID = "base"
 
@@ -77,3 +80,29 @@ def build_mutation(
     if m.kind == "gaussian":
         return GaussianMutation(sigma=m.sigma)
     return NoMutation()
+
+
+def build_child_builder(
+    cfg: RunConfig, base: ModelSource, *, fingerprints: Mapping[str, str], svd_root: str | Path | None
+) -> ChildBuilder:
+    """The builder of children for a run's settings (the driver's and every Ray worker's).
+
+    Args:
+        cfg: The run config.
+        base: The base model.
+        fingerprints: Fingerprints of the base and experts (``svd-expert`` caches).
+        svd_root: Folder of the expert SVD caches.
+
+    Returns:
+        The builder.
+    """
+    return ChildBuilder(
+        base=base,
+        mutation=build_mutation(cfg, fingerprints=fingerprints, svd_root=svd_root),
+        crossover_mean=cfg.crossover.mean,
+        crossover_std=cfg.crossover.std,
+        per_layer=cfg.crossover.per_layer,
+        skip_patterns=tuple(cfg.mutation.skip),
+        dtype=parse_dtype(cfg.models.dtype),
+        parents=ParentCache(size=cfg.runner.parent_cache),
+    )

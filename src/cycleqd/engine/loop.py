@@ -35,8 +35,8 @@ import torch
 from cycleqd.atomic import atomic_write_text
 from cycleqd.config import RunConfig, check_model_paths, dump_config, load_config
 from cycleqd.engine.aggregate import aggregate_tensors, softmax_weights
-from cycleqd.engine.factory import BASE_ID, build_mutation, expert_id, svd_caches
-from cycleqd.engine.jobs import ChildBuilder, Job, JobOutcome, ParentCache, validation_scores
+from cycleqd.engine.factory import BASE_ID, build_child_builder, expert_id, svd_caches
+from cycleqd.engine.jobs import ChildBuilder, Job, JobOutcome, validation_scores
 from cycleqd.engine.paths import RunPaths
 from cycleqd.engine.registry import ModelKind, ModelRecord, ModelRegistry, ModelStatus
 from cycleqd.engine.runners.base import Runner
@@ -383,18 +383,8 @@ class Engine:
             A :class:`~cycleqd.engine.jobs.ChildBuilder`.
         """
         assert self._base is not None
-        c = self.cfg
-        return ChildBuilder(
-            base=self._base,
-            mutation=build_mutation(
-                self.cfg, fingerprints=self.fingerprints(state), svd_root=self.svd_root()
-            ),
-            crossover_mean=c.crossover.mean,
-            crossover_std=c.crossover.std,
-            per_layer=c.crossover.per_layer,
-            skip_patterns=tuple(c.mutation.skip),
-            dtype=parse_dtype(c.models.dtype),
-            parents=ParentCache(size=c.runner.parent_cache),
+        return build_child_builder(
+            self.cfg, self._base, fingerprints=self.fingerprints(state), svd_root=self.svd_root()
         )
 
     def _runner(self, state: RunState) -> Runner:

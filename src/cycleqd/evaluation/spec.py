@@ -42,6 +42,7 @@ from cycleqd.evaluation.base import SPLITS, Backend, Task, WeightsBackend
 from cycleqd.evaluation.data import load_items
 from cycleqd.evaluation.sandbox import Sandbox, SandboxLimits
 from cycleqd.plugins import import_object
+from cycleqd.validation import validation_lines
 
 #: Bumped when a built-in checker changes how it judges, so that cached results are not reused.
 SCORING_VERSION = "1"
@@ -220,18 +221,8 @@ def format_validation_error(exc: ValidationError, *, prefix: str = "") -> str:
     Returns:
         One line per problem.
     """
-    lines = []
-    for err in exc.errors():
-        loc = prefix
-        for part in err["loc"]:
-            loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field (remove it or check its spelling)"
-        elif err["type"] == "missing":
-            msg = "required field is missing"
-        lines.append(f"{loc}: {msg.removeprefix('Value error, ')}")
-    return "\n".join(lines)
+    model = EvaluationSpec if prefix == "evaluation" else TaskSpec
+    return "\n".join(validation_lines(exc, model=model, prefix=prefix))
 
 
 def parse_eval_config(

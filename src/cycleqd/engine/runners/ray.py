@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cycleqd.engine.jobs import ChildBuilder, Job, JobOutcome, ParentCache, execute_job
+from cycleqd.engine.jobs import Job, JobOutcome, execute_job
 from cycleqd.engine.runners.base import Runner
 from cycleqd.errors import CycleQDError
 
@@ -61,11 +61,10 @@ class CycleQDWorker:
 
     def __init__(self, spec: WorkerSpec, name: str) -> None:
         from cycleqd.config import RunConfig
-        from cycleqd.engine.factory import build_mutation
+        from cycleqd.engine.factory import build_child_builder
         from cycleqd.evaluation.evaluator import Evaluator
         from cycleqd.evaluation.spec import build_backend, build_tasks
         from cycleqd.weights import open_model
-        from cycleqd.weights.dtypes import parse_dtype
 
         cfg = RunConfig.model_validate(spec.config)
         self.name = name
@@ -73,15 +72,8 @@ class CycleQDWorker:
         tasks = build_tasks(cfg.tasks, root=Path(cfg.root or "."), evaluation=cfg.evaluation)
         backend = build_backend(cfg.evaluation, model_dir=base.path)
         self.evaluator = Evaluator(tasks, backend)
-        self.builder = ChildBuilder(
-            base=base,
-            mutation=build_mutation(cfg, fingerprints=spec.svd_fingerprints, svd_root=spec.svd_root),
-            crossover_mean=cfg.crossover.mean,
-            crossover_std=cfg.crossover.std,
-            per_layer=cfg.crossover.per_layer,
-            skip_patterns=tuple(cfg.mutation.skip),
-            dtype=parse_dtype(cfg.models.dtype),
-            parents=ParentCache(size=cfg.runner.parent_cache),
+        self.builder = build_child_builder(
+            cfg, base, fingerprints=spec.svd_fingerprints, svd_root=spec.svd_root
         )
         self._kept: dict[str, Any] = {}
         self.durable = cfg.models.durable_writes
