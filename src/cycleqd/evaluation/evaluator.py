@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -120,16 +121,32 @@ class Evaluator:
             self.prepare(split, tasks=[t.name for t in todo])
             if self.backend.fingerprint != fingerprint:
                 self.backend.load(weights, fingerprint=fingerprint)
-            for task in todo:
-                result = task.evaluate(self.backend, split=split)
-                if result.task != task.name or result.split != split:
-                    raise RuntimeError(
-                        f"task {task.name} returned a result for task {result.task!r}, split {result.split!r}"
-                    )
-                results[task.name] = result
-                if self.cache is not None:
-                    self.cache.put(fingerprint, result, signature=self.signature(task))
+            # Tasks that can (built-in kinds) generate now and judge in the background, so that the
+            # sandboxed checks of one task run while the model answers the next one.
+            with ThreadPoolExecutor(max_workers=1) as judges:
+                pending: list[tuple[Task, Future[TaskResult]]] = []
+                for task in todo:
+                    begin = getattr(task, "begin", None)
+                    if begin is None:
+                        self._keep(
+                            task, task.evaluate(self.backend, split=split), fingerprint, split, results
+                        )
+                    else:
+                        pending.append((task, judges.submit(begin(self.backend, split=split))))
+                for task, future in pending:
+                    self._keep(task, future.result(), fingerprint, split, results)
         return {t.name: results[t.name] for t in selected}
+
+    def _keep(
+        self, task: Task, result: TaskResult, fingerprint: str, split: str, results: dict[str, TaskResult]
+    ) -> None:
+        if result.task != task.name or result.split != split:
+            raise RuntimeError(
+                f"task {task.name} returned a result for task {result.task!r}, split {result.split!r}"
+            )
+        results[task.name] = result
+        if self.cache is not None:
+            self.cache.put(fingerprint, result, signature=self.signature(task))
 
     def score_predictions(
         self,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import string
+import uuid
 from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from cycleqd.errors import ConfigError
 from cycleqd.evaluation.base import SPLITS, Backend, ItemResult, Prompt, Task, TaskResult
 from cycleqd.evaluation.sandbox import Sandbox, SandboxLimits
+from cycleqd.evaluation.tasks.memo import REFERENCES, VERDICTS
 
 
 @dataclass
@@ -72,11 +74,15 @@ class ExecParams(GenerationParams):
         timeout_s: Wall-clock limit per run (default: ``evaluation.sandbox.timeout_s``).
         memory_mb: Memory limit per run (default: ``evaluation.sandbox.memory_mb``).
         extract: ``auto`` takes the first fenced code block when there is one; ``raw`` uses the text.
+        memoize: Reuse the verdict of a program already judged for the same item instead of running it
+            again (see :mod:`~cycleqd.evaluation.tasks.memo`); reference answers checked while
+            preparing are remembered as well.
     """
 
     timeout_s: float | None = Field(None, gt=0)
     memory_mb: int | None = Field(None, gt=0)
     extract: str = Field("auto", pattern="^(auto|raw)$")
+    memoize: bool = True
 
 
 class Item(BaseModel):
@@ -188,6 +194,8 @@ class BuiltinTask(Task, Generic[P, I]):
     ) -> None:
         super().__init__(name=name)
         self.context = context or TaskContext()
+        # Identity of this instance in the verdict memo until a builder sets the task's signature.
+        self._memo_token = f"instance:{uuid.uuid4().hex}"
         try:
             self.params: P = self.params_model.model_validate(params)  # type: ignore[assignment]
         except ValidationError as exc:
@@ -287,9 +295,36 @@ class BuiltinTask(Task, Generic[P, I]):
 
     # -- scoring -----------------------------------------------------------------------------------
     def evaluate(self, backend: Backend, *, split: str) -> TaskResult:  # noqa: D102
+        return self.begin(backend, split=split)()
+
+    def begin(self, backend: Backend, *, split: str) -> Callable[[], TaskResult]:
+        """Do now the part of an evaluation that needs the model; return the rest as a function.
+
+        For kinds that generate one answer per item (the default :meth:`run`), the answers are
+        generated now and judging is left to the returned function, which the evaluator runs while the
+        backend generates the next task's answers: sandboxed checks then overlap generation. Kinds with
+        their own :meth:`run` (agents, choices) do everything now.
+
+        Args:
+            backend: The backend holding the model.
+            split: ``validation`` or ``test``.
+
+        Returns:
+            A function that finishes the evaluation and returns the task's result.
+        """
         items = self._require_items(split)
         self.prepare(split)
-        return self._result(split, self.run(backend, items))
+        if type(self).run is not BuiltinTask.run:
+            result = self._result(split, self.run(backend, items))
+            return lambda: result
+        pairs = list(zip(items, self.generate(backend, items), strict=True))
+        return lambda: self._result(split, self.judge_all(pairs))
+
+    def generate(self, backend: Backend, items: list[I]) -> list[str]:
+        """The model's answers to the items (one greedy generation each)."""
+        return backend.generate(
+            [self.prompt(i) for i in items], max_new_tokens=self.max_new_tokens(), stop=self.stop()
+        )
 
     def score_predictions(self, predictions: Mapping[str, Any], *, split: str) -> TaskResult:  # noqa: D102
         items = self._require_items(split)
@@ -310,10 +345,7 @@ class BuiltinTask(Task, Generic[P, I]):
         Returns:
             One result per item.
         """
-        outputs = backend.generate(
-            [self.prompt(i) for i in items], max_new_tokens=self.max_new_tokens(), stop=self.stop()
-        )
-        return self.map_items(lambda pair: self.judge(*pair), list(zip(items, outputs, strict=True)))
+        return self.judge_all(list(zip(items, self.generate(backend, items), strict=True)))
 
     def replay(self, items: list[I], predictions: Mapping[str, Any]) -> list[ItemResult]:
         """Score saved outputs (default: judge each item's text; missing ones score 0).
@@ -325,24 +357,141 @@ class BuiltinTask(Task, Generic[P, I]):
         Returns:
             One result per item.
         """
-
-        def one(item: I) -> ItemResult:
+        results: list[ItemResult | None] = []
+        texts: list[tuple[int, tuple[I, str]]] = []
+        for item in items:
+            output = predictions.get(item.id)
             if item.id not in predictions:
-                return ItemResult(
-                    item_id=item.id, correct=False, score=0.0, reason="no prediction for this item"
+                results.append(
+                    ItemResult(
+                        item_id=item.id, correct=False, score=0.0, reason="no prediction for this item"
+                    )
                 )
-            output = predictions[item.id]
-            if not isinstance(output, str):
-                return ItemResult(
-                    item_id=item.id,
-                    correct=False,
-                    score=0.0,
-                    output=str(output),
-                    reason=f"prediction is a {type(output).__name__}, expected text",
+            elif not isinstance(output, str):
+                results.append(
+                    ItemResult(
+                        item_id=item.id,
+                        correct=False,
+                        score=0.0,
+                        output=str(output),
+                        reason=f"prediction is a {type(output).__name__}, expected text",
+                    )
                 )
-            return self.judge(item, output)
+            else:
+                texts.append((len(results), (item, output)))
+                results.append(None)
+        for (index, _), result in zip(texts, self.judge_all([p for _, p in texts]), strict=True):
+            results[index] = result
+        return [r for r in results if r is not None]
 
-        return self.map_items(one, items)
+    # -- memoised judging ----------------------------------------------------------------------------
+    def answer_key(self, item: I, output: str) -> str | None:
+        """The part of an answer that its verdict depends on (the program that would be executed).
+
+        Kinds whose verdict is a function of the item and this text return it, and their verdicts are
+        memoised; the default ``None`` judges every answer afresh.
+
+        Args:
+            item: The item.
+            output: What the model wrote.
+
+        Returns:
+            The key text, or ``None`` for no memo.
+        """
+        return None
+
+    def shared_reference(self, what: str, item: I) -> Any:
+        """What preparing computed for an item, if this or an identical task computed it already.
+
+        Args:
+            what: Kind of data (``sql``, ``shell``).
+            item: The item.
+
+        Returns:
+            The stored value, or ``None``.
+        """
+        return REFERENCES.get((self.signature or self._memo_token, what, item.split, item.id))
+
+    def share_reference(self, what: str, item: I, value: Any) -> None:
+        """Keep what preparing computed for an item for identical tasks of this process (same signature).
+
+        Args:
+            what: Kind of data.
+            item: The item.
+            value: The data.
+        """
+        REFERENCES.put((self.signature or self._memo_token, what, item.split, item.id), value)
+
+    def _memo_key(self, item: I, key: str) -> tuple[str, str, str, str]:
+        return (self.signature or self._memo_token, item.split, item.id, key)
+
+    def judge_answer(self, item: I, output: str) -> ItemResult:
+        """Judge one answer through the verdict memo (see :meth:`answer_key`).
+
+        Args:
+            item: The item.
+            output: What the model wrote.
+
+        Returns:
+            The item's result, with ``output`` as given.
+        """
+        return self.judge_all([(item, output)])[0]
+
+    def judge_all(self, pairs: Sequence[tuple[I, str]]) -> list[ItemResult]:
+        """Judge answers: remembered verdicts are reused, the others go to :meth:`judge_batch`.
+
+        Args:
+            pairs: (item, output) pairs.
+
+        Returns:
+            One result per pair, in order, each with its own ``output``.
+        """
+        memoize = getattr(self.params, "memoize", False)
+        results: list[ItemResult | None] = [None] * len(pairs)
+        todo: list[int] = []
+        keys: list[tuple[str, str, str, str] | None] = [None] * len(pairs)
+        for index, (item, output) in enumerate(pairs):
+            key = self.answer_key(item, output) if memoize else None
+            if key is not None:
+                keys[index] = self._memo_key(item, key)
+                known = VERDICTS.get(keys[index])
+                if known is not None:
+                    same = known.output == output
+                    results[index] = known if same else dataclasses.replace(known, output=output)
+                    continue
+            todo.append(index)
+        fresh = self.judge_batch([pairs[i] for i in todo]) if todo else []
+        for index, result in zip(todo, fresh, strict=True):
+            results[index] = result
+            key = keys[index]
+            if key is not None:
+                VERDICTS.put(key, result)
+        return [r for r in results if r is not None]
+
+    def judge_batch(self, pairs: Sequence[tuple[I, str]]) -> list[ItemResult]:
+        """Judge answers that no remembered verdict covers (in parallel when judging is sandboxed).
+
+        Kinds that can check several answers in one sandboxed run override this.
+
+        Args:
+            pairs: (item, output) pairs.
+
+        Returns:
+            One result per pair, in order.
+        """
+        return self.map_items(lambda pair: self.judge(*pair), list(pairs))
+
+    def remember_verdict(self, item: I, answer: str, result: ItemResult) -> None:
+        """Store the verdict of a trusted answer (a reference checked while preparing).
+
+        Args:
+            item: The item.
+            answer: The answer as a model would write it.
+            result: Its verdict.
+        """
+        key = self.answer_key(item, answer) if getattr(self.params, "memoize", False) else None
+        if key:  # an empty program is judged malformed, whatever is remembered
+            VERDICTS.put(self._memo_key(item, key), result)
 
     @abstractmethod
     def judge(self, item: I, output: str) -> ItemResult:

@@ -3,7 +3,12 @@
 This is MBPP-style pass@1 with greedy decoding.
 
 Item fields: ``prompt`` (the problem), ``tests`` (assert statements; ``test_list`` also accepted),
-``setup`` (code run before the solution, such as imports; ``test_setup_code`` also accepted).
+``setup`` (code run before the solution, such as imports; ``test_setup_code`` also accepted), optional
+``reference`` (a right answer, written as the model should write it: it is checked once while preparing,
+and must pass).
+
+With the ``answer_prefix`` param the model writes only the end of the program: for instance with
+``answer_prefix: "def f(x): return "`` an answer ``x+1`` is run as ``def f(x): return x+1``.
 
 The answer's code (the first fenced Python block, else the whole answer) runs in the sandbox with a
 small harness that executes the setup, the solution and each test in turn and reports the first
@@ -15,12 +20,14 @@ solution could read.
 
 from __future__ import annotations
 
+import ast
 import json
 import secrets
 from typing import Any
 
 from pydantic import AliasChoices, Field
 
+from cycleqd.errors import ConfigError
 from cycleqd.evaluation.base import ItemResult
 from cycleqd.evaluation.tasks.common import BuiltinTask, ExecParams, Item, extract_code, failed, passed
 
@@ -85,8 +92,40 @@ main()
 '''
 
 
+def syntax_error(code: str) -> str | None:
+    """The syntax error of a program as the harness would report it, found without running anything.
+
+    The program is only parsed (:func:`ast.parse`: no compilation, no constant folding, nothing
+    executed), which settles answers that are not Python at all without starting a sandbox. Programs
+    the parser does not reject, and any case where parsing itself misbehaves, go to the sandbox.
+
+    Args:
+        code: The program.
+
+    Returns:
+        ``"<message> (line <n>)"``, or ``None`` when the program parses or the question is left to the
+        sandbox.
+    """
+    if "\x00" in code or len(code) > 100_000:
+        return None
+    try:
+        ast.parse(code, filename="solution.py")
+    except SyntaxError as exc:
+        return f"{exc.msg} (line {exc.lineno})"
+    except (ValueError, RecursionError, MemoryError):
+        return None
+    return None
+
+
 class PythonCodeParams(ExecParams):
-    """Options of ``python_code`` (see :class:`~cycleqd.evaluation.tasks.common.ExecParams`)."""
+    """Options of ``python_code`` (see :class:`~cycleqd.evaluation.tasks.common.ExecParams`).
+
+    Attributes:
+        answer_prefix: Text put before the extracted answer to make the program (the model then
+            completes it, for instance ``def f(x): return `` followed by an expression).
+    """
+
+    answer_prefix: str = ""
 
 
 class PythonCodeItem(Item):
@@ -95,6 +134,7 @@ class PythonCodeItem(Item):
     prompt: str = Field(validation_alias=AliasChoices("prompt", "text"))
     tests: list[str] = Field(min_length=1, validation_alias=AliasChoices("tests", "test_list"))
     setup: str = Field("", validation_alias=AliasChoices("setup", "test_setup_code"))
+    reference: str | None = None
 
 
 class PythonCodeTask(BuiltinTask[PythonCodeParams, PythonCodeItem]):
@@ -108,13 +148,59 @@ class PythonCodeTask(BuiltinTask[PythonCodeParams, PythonCodeItem]):
         "Write the Python function in a ```python code block."
     )
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._checked: set[tuple[str, str]] = set()
+
     def prompt_fields(self, item: PythonCodeItem) -> dict[str, Any]:  # noqa: D102
         return {**item.model_dump(), "tests_text": "\n".join(item.tests)}
 
-    def judge(self, item: PythonCodeItem, output: str) -> ItemResult:  # noqa: D102
+    def program(self, output: str) -> str:
+        """The program an answer stands for: ``answer_prefix`` and the extracted code.
+
+        Args:
+            output: What the model wrote.
+
+        Returns:
+            The program, or ``""`` when the answer holds no code.
+        """
         code = extract_code(output, languages=("python", "py", "python3"), mode=self.params.extract)
+        return self.params.answer_prefix + code if code.strip() else ""
+
+    def answer_key(self, item: PythonCodeItem, output: str) -> str | None:  # noqa: D102
+        return self.program(output)
+
+    def prepare(self, split: str) -> None:
+        """Check the reference answers of a split in the sandbox (once); their verdicts are remembered.
+
+        Args:
+            split: The split.
+
+        Raises:
+            ConfigError: When a reference does not pass its item's tests.
+        """
+        done = self._checked
+        todo = [i for i in self.items(split) if i.reference is not None and (split, i.id) not in done]
+
+        def one(item: PythonCodeItem) -> ItemResult:
+            assert item.reference is not None
+            return self.judge_answer(item, item.reference)
+
+        for item, result in zip(todo, self.map_items(one, todo), strict=True):
+            if not result.correct:
+                raise ConfigError(
+                    f"task {self.name}: item {item.id!r} ({split}): the reference fails its own tests: "
+                    f"{result.reason}; fix the item's reference or tests"
+                )
+            done.add((split, item.id))
+
+    def judge(self, item: PythonCodeItem, output: str) -> ItemResult:  # noqa: D102
+        code = self.program(output)
         if not code.strip():
             return failed(item, output, "malformed: the answer holds no code")
+        syntax = syntax_error(code)
+        if syntax is not None:
+            return failed(item, output, f"syntax error: {syntax}", code=code)
         token = secrets.token_hex(16)
         sandbox = self.context.sandbox
         result = sandbox.run(

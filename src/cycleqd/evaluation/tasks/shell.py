@@ -120,6 +120,11 @@ class ShellTask(BuiltinTask[ShellParams, ShellItem]):
 
         def one(item: ShellItem) -> None:
             assert item.reference is not None
+            outcome = self.shared_reference("shell", item)
+            if outcome is not None:  # an identical task of this process ran it already
+                with self._lock:
+                    self._refs[(split, item.id)] = outcome
+                return
             outcome = self.run_command(item, item.reference)
             if outcome.result.timed_out or outcome.result.returncode is None:
                 raise ConfigError(
@@ -128,16 +133,43 @@ class ShellTask(BuiltinTask[ShellParams, ShellItem]):
                 )
             with self._lock:
                 self._refs[(split, item.id)] = outcome
+            self.share_reference("shell", item, outcome)
+            # What the reference did is already known: its verdict needs no second run.
+            self.remember_verdict(
+                item,
+                item.reference,
+                self.verdict(item, item.reference, self.extract(item.reference), outcome),
+            )
 
         self.map_items(one, todo)  # type: ignore[arg-type]
 
-    def judge(self, item: ShellItem, output: str) -> ItemResult:  # noqa: D102
-        command = extract_code(
+    def extract(self, output: str) -> str:
+        """The command of an answer (fenced shell block, or the text), stripped."""
+        return extract_code(
             output, languages=("bash", "sh", "shell", "console"), mode=self.params.extract
         ).strip()
+
+    def answer_key(self, item: ShellItem, output: str) -> str | None:  # noqa: D102
+        return self.extract(output)
+
+    def judge(self, item: ShellItem, output: str) -> ItemResult:  # noqa: D102
+        command = self.extract(output)
         if not command:
             return failed(item, output, "malformed: the answer holds no command")
-        outcome = self.run_command(item, command)
+        return self.verdict(item, output, command, self.run_command(item, command))
+
+    def verdict(self, item: ShellItem, output: str, command: str, outcome: ShellOutcome) -> ItemResult:
+        """Judge what a command did against the item's expectations.
+
+        Args:
+            item: The item.
+            output: The model's answer.
+            command: The command extracted from it.
+            outcome: What running the command did.
+
+        Returns:
+            The item's result.
+        """
         detail = {
             "command": command,
             "stdout": outcome.output[-2000:],

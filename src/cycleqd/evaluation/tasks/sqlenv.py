@@ -10,6 +10,7 @@ No SQL runs in the evaluating process, not even the dataset's: a small runner sc
 from __future__ import annotations
 
 import ast
+import base64
 import json
 import math
 import re
@@ -25,9 +26,11 @@ from cycleqd.evaluation.sandbox import Sandbox, SandboxLimits, SandboxResult, Sa
 DB_NAME = "db.sqlite"
 
 RUNNER = r"""
+import base64
 import json
 import sqlite3
 import sys
+import time
 
 
 def value(v):
@@ -75,45 +78,108 @@ def build(con, job):
     con.commit()
 
 
+def run_one(con, job, mode, limit):
+    if mode == "build":
+        build(con, job)
+        return {"ok": True}
+    if mode == "query":
+        cur = con.execute(job["sql"])
+        if cur.description is None:
+            return {"ok": False, "error": "the statement returns no rows (expected a query)"}
+        rows, cut = fetch(cur, limit)
+        columns = [d[0] for d in cur.description]
+        return {"ok": True, "columns": columns, "rows": rows, "truncated": cut}
+    if mode == "script":
+        con.executescript(job["sql"])
+        con.commit()
+        tables, cut = dump(con, limit)
+        return {"ok": True, "tables": tables, "truncated": cut}
+    if mode == "statement":
+        cur = con.execute(job["sql"])
+        if cur.description is not None:
+            rows, cut = fetch(cur, limit)
+            columns = [d[0] for d in cur.description]
+            result = {"ok": True, "columns": columns, "rows": rows, "truncated": cut}
+        else:
+            result = {"ok": True, "rowcount": cur.rowcount}
+        con.commit()
+        return result
+    if mode == "dump":
+        tables, cut = dump(con, limit)
+        return {"ok": True, "tables": tables, "truncated": cut}
+    return {"ok": False, "error": "unknown mode " + repr(mode)}
+
+
+def batch(job, limit):
+    # Each query runs on its own in-memory copy of its database, one after the other. Attaching
+    # files is refused, so no query reaches a file; a query that is refused something, runs past its
+    # time or exhausts memory is marked "retry" and the caller runs it alone, as without batching.
+    if not hasattr(sqlite3.Connection, "deserialize"):
+        return {"ok": False, "error": "batches need Python 3.11 or newer"}
+    dbs = [base64.b64decode(d) for d in job["dbs"]]
+    per_query = job.get("per_query_s", 1.0)
+    answers = []
+    for q in job["items"]:
+        built = None
+        if "build" in q:  # the item's database, built here from the dataset's schema and rows
+            try:
+                con = sqlite3.connect(":memory:")
+                build(con, q["build"])
+                built = con.serialize()
+            except Exception as exc:
+                answers.append({"ok": False, "error": type(exc).__name__ + ": " + str(exc), "stage": "build"})
+                continue
+            finally:
+                con.close()
+        con = sqlite3.connect(":memory:")
+        flags = []
+
+        def authorize(action, *args):
+            if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
+                flags.append("denied")
+                return sqlite3.SQLITE_DENY
+            return sqlite3.SQLITE_OK
+
+        deadline = time.monotonic() + per_query
+
+        def tick():
+            if time.monotonic() > deadline:
+                flags.append("slow")
+                return 1
+            return 0
+
+        try:
+            con.deserialize(built if built is not None else dbs[q["db"]])
+            con.set_authorizer(authorize)
+            con.set_progress_handler(tick, 1000)
+            answer = run_one(con, q, q["mode"], limit)
+        except MemoryError:
+            answer = {"ok": False, "retry": True}
+        except Exception as exc:
+            answer = {"ok": False, "error": type(exc).__name__ + ": " + str(exc)}
+        finally:
+            con.close()
+        if flags:
+            answer = {"ok": False, "retry": True}
+        elif built is not None:
+            answer["db"] = base64.b64encode(built).decode()
+        answers.append(answer)
+    return {"ok": True, "answers": answers}
+
+
 def main():
     job = json.loads(sys.stdin.read())
     mode, limit = job["mode"], job.get("max_rows", 10000)
-    con = sqlite3.connect(job.get("db", "db.sqlite"))
-    try:
-        if mode == "build":
-            build(con, job)
-            result = {"ok": True}
-        elif mode == "query":
-            cur = con.execute(job["sql"])
-            if cur.description is None:
-                result = {"ok": False, "error": "the statement returns no rows (expected a query)"}
-            else:
-                rows, cut = fetch(cur, limit)
-                columns = [d[0] for d in cur.description]
-                result = {"ok": True, "columns": columns, "rows": rows, "truncated": cut}
-        elif mode == "script":
-            con.executescript(job["sql"])
-            con.commit()
-            tables, cut = dump(con, limit)
-            result = {"ok": True, "tables": tables, "truncated": cut}
-        elif mode == "statement":
-            cur = con.execute(job["sql"])
-            if cur.description is not None:
-                rows, cut = fetch(cur, limit)
-                columns = [d[0] for d in cur.description]
-                result = {"ok": True, "columns": columns, "rows": rows, "truncated": cut}
-            else:
-                result = {"ok": True, "rowcount": cur.rowcount}
-            con.commit()
-        elif mode == "dump":
-            tables, cut = dump(con, limit)
-            result = {"ok": True, "tables": tables, "truncated": cut}
-        else:
-            result = {"ok": False, "error": "unknown mode " + repr(mode)}
-    except Exception as exc:
-        result = {"ok": False, "error": type(exc).__name__ + ": " + str(exc)}
-    finally:
-        con.close()
+    if mode == "batch":
+        result = batch(job, limit)
+    else:
+        con = sqlite3.connect(job.get("db", "db.sqlite"))
+        try:
+            result = run_one(con, job, mode, limit)
+        except Exception as exc:
+            result = {"ok": False, "error": type(exc).__name__ + ": " + str(exc)}
+        finally:
+            con.close()
     sys.stdout.write("\n" + json.dumps(result) + "\n")
 
 
@@ -225,6 +291,70 @@ def run_sql(
     answer = _parse_answer(result)
     data = session.read_file(DB_NAME, max_bytes=limits.max_file_mb * 1024 * 1024) if keep_db else None
     return answer, data
+
+
+def run_sql_batch(
+    sandbox: Sandbox,
+    queries: Sequence[tuple[bytes | dict[str, Any], str, str]],
+    *,
+    max_rows: int,
+    limits: SandboxLimits | None = None,
+    per_query_s: float = 1.0,
+) -> list[dict[str, Any] | None]:
+    """Run several queries in one sandboxed run, each on its own in-memory copy of its database.
+
+    This is what makes checking many answers cheap: one sandbox start instead of one per answer. A
+    query gets the same answer as :func:`run_sql` would give it, or ``None`` when it must be run
+    alone to be sure of that (it was refused a file, ran longer than ``per_query_s`` or out of memory,
+    or the batch itself failed).
+
+    Args:
+        sandbox: The sandbox.
+        queries: (database, mode ``query`` or ``script``, SQL) triples; a database is its bytes, or
+            the ``build`` request of :meth:`DatabaseFields.build_job` to build it first (the answer then
+            carries the built database's bytes under ``db``; a failed build has ``stage: build``).
+        max_rows: Row cap of each result.
+        limits: Limits of one query run alone; the batch gets their wall time plus ``per_query_s`` per
+            query.
+        per_query_s: Time after which a query is interrupted and left for a run of its own.
+
+    Returns:
+        One runner answer (or ``None``) per query, in order.
+    """
+    if not queries:
+        return []
+    limits = limits or sandbox.limits
+    dbs: dict[bytes, int] = {}
+    items = []
+    for db, mode, sql in queries:
+        if isinstance(db, dict):
+            items.append({"build": db, "mode": mode, "sql": sql})
+        else:
+            items.append({"db": dbs.setdefault(db, len(dbs)), "mode": mode, "sql": sql})
+    job = {
+        "mode": "batch",
+        "max_rows": max_rows,
+        "per_query_s": per_query_s,
+        "dbs": [base64.b64encode(d).decode() for d in dbs],
+        "items": items,
+    }
+    wall = limits.wall_s + per_query_s * len(queries)
+    try:
+        answer, _ = run_sql(sandbox, job, limits=limits.replace(wall_s=wall, cpu_s=max(limits.cpu_s, wall)))
+    except SQLError:
+        return [None] * len(queries)
+    answers = answer.get("answers") if answer.get("ok") else None
+    if not isinstance(answers, list) or len(answers) != len(queries):
+        return [None] * len(queries)
+    out: list[dict[str, Any] | None] = []
+    for a in answers:
+        if not isinstance(a, dict) or a.get("retry"):
+            out.append(None)
+            continue
+        if isinstance(a.get("db"), str):
+            a["db"] = base64.b64decode(a["db"])
+        out.append(a)
+    return out
 
 
 def _parse_answer(result: SandboxResult) -> dict[str, Any]:
