@@ -1,0 +1,114 @@
+"""``cycleqd demo --quick`` end to end through the real command line, twice (the second from the cache)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cycleqd.demo.experiment import KINDS
+
+CLI = str(Path(sys.executable).with_name("cycleqd"))
+pytestmark = pytest.mark.slow
+
+
+def _demo(out: Path, cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CYCLEQD_CACHE": str(cache)}
+    return subprocess.run(
+        [CLI, "demo", "--quick", "--out", str(out), "--no-progress", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    root = tmp_path_factory.mktemp("demo")
+    cache = root / "cache"
+    first = _demo(root / "first", cache)
+    assert first.returncode == 0, first.stdout + first.stderr
+    weights = sorted(cache.rglob("model.safetensors"))
+    stamps = {p: p.stat().st_mtime_ns for p in weights}
+    second = _demo(root / "second", cache)
+    assert second.returncode == 0, second.stdout + second.stderr
+    return {"root": root, "cache": cache, "first": first, "second": second, "stamps": stamps}
+
+
+def test_results_json_schema(runs) -> None:
+    rows = json.loads((runs["root"] / "first" / "results.json").read_text())
+    assert {r["kind"] for r in rows} == set(KINDS) - {"ablation"}
+    for r in rows:
+        assert set(r) >= {"name", "kind", "test", "average", "seed", "validation", "chosen", "final"}
+        assert set(r["test"]) == {"code", "db", "os"}
+        assert r["average"] == pytest.approx(sum(r["test"].values()) / 3)
+        assert all(0.0 <= v <= 1.0 for v in r["test"].values())
+    finals = [r for r in rows if r["final"]]
+    assert len(finals) == 1
+    assert finals[0]["kind"] == "cycleqd"
+    assert len([r for r in rows if r["chosen"]]) == 1
+    names = [r["name"] for r in rows]
+    for expected in ("base", "expert-code", "expert-db", "expert-os", "average", "task-arithmetic",
+                     "task-arithmetic-per-expert", "ties", "fine-tune-all", "cycleqd-aggregate",
+                     "cycleqd-best-average"):  # fmt: skip
+        assert expected in names
+
+
+def test_report_plots_and_timings(runs) -> None:
+    out = runs["root"] / "first"
+    report = (out / "report.md").read_text()
+    for heading in ("## The claim", "## Results of seed 0", "## CycleQD run of seed 0", "## Time"):
+        assert heading in report
+    for name in ("archives.png", "qd_score.png", "best_scores.png", "test_averages.png"):
+        data = (out / "plots" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"plots/{name}" in report
+    summary = json.loads((out / "demo" / "summary.json").read_text())
+    assert summary["finished"] is True
+    assert summary["timings"]["total"] > 0
+    assert "total time:" in runs["first"].stdout
+
+
+def test_second_run_reuses_the_cached_models(runs) -> None:
+    assert "first run: models trained" in runs["first"].stdout
+    assert "cached run: models loaded from the cache" in runs["second"].stdout
+    first = json.loads((runs["root"] / "first" / "demo" / "summary.json").read_text())
+    second = json.loads((runs["root"] / "second" / "demo" / "summary.json").read_text())
+    assert first["seeds"][0]["models_trained"] is True
+    assert second["seeds"][0]["models_trained"] is False
+    assert first["seeds"][0]["models_folder"] == second["seeds"][0]["models_folder"]
+    stamps = runs["stamps"]
+    assert stamps
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing retrained or rewritten
+    # Same recipe, same seed: the same models and therefore the same scores of base and experts.
+    rows = [json.loads((runs["root"] / n / "results.json").read_text()) for n in ("first", "second")]
+    pick = [{r["name"]: r["test"] for r in rs if r["kind"] in ("base", "expert")} for rs in rows]
+    assert pick[0] == pick[1]
+
+
+def test_status_and_report_understand_the_demo_folder(runs) -> None:
+    out = runs["root"] / "second"
+    status = _cli("status", str(out), "--json")
+    assert status.returncode == 0, status.stderr
+    info = json.loads(status.stdout)
+    assert info["finished"] is True
+    assert set(info["archives"]) == {"code", "db", "os"}
+    (out / "report.md").unlink()
+    report = _cli("report", str(out))
+    assert report.returncode == 0, report.stderr
+    assert "## The claim" in (out / "report.md").read_text()
+
+
+def test_a_used_folder_is_refused_before_any_work(runs) -> None:
+    again = _demo(runs["root"] / "first", runs["cache"])
+    assert again.returncode == 2
+    assert "is not an empty folder" in again.stderr
