@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from toyrun import cli, write_toy_config
+from toyrun import CLI, EXAMPLES, cli, write_toy_config
 
 from cycleqd.config import load_config
 from cycleqd.engine.loop import Engine
@@ -171,3 +172,28 @@ def test_a_systematic_failure_stops_the_run_resumably(tmp_path: Path, flaky_task
     assert "RuntimeError: simulated failure on call 7" in proc.stderr
     assert "cycleqd resume" in proc.stderr
     assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["generation"] == 3
+
+
+@pytest.mark.slow
+def test_the_shipped_toy_example_runs_as_is(tmp_path: Path) -> None:
+    # The README's quickest path, unmodified: relative paths resolve against the YAML's folder, so the
+    # command works from any working directory.
+    run = tmp_path / "toy"
+    proc = subprocess.run(
+        [CLI, "run", str(EXAMPLES / "toy.yaml"), "--out", str(run), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    info = json.loads(cli("status", str(run), "--json").stdout)
+    assert info["generation"] == yaml.safe_load((EXAMPLES / "toy.yaml").read_text())["generations"]
+    assert info["finished"] is True
+    for task in ("sine", "product", "abs"):
+        best = info["archives"][task]["best"]
+        assert 0.0 <= best["score"] <= 1.0
+        assert info["archives"][task]["filled"] >= 3  # the three experts at least
+    agg = info["aggregate"]
+    assert Path(agg["path"]).is_dir()
+    assert set(agg["test_scores"]) == {"sine", "product", "abs"}

@@ -395,16 +395,25 @@ def test_network_connection_works_when_allowed() -> None:
     assert len(accepted) == 1
 
 
-def test_this_process_survives(hostile: Sandbox) -> None:
-    # Signals to every process the sandbox can name: it must not reach us.
-    code = (
-        "import os, signal\n"
-        "for pid in range(1, 4000):\n"
-        "    try:\n        os.kill(pid, signal.SIGKILL)\n    except OSError:\n        pass"
-    )
-    r = hostile.run([hostile.python, "-I", "-c", code])
-    assert r.returncode is not None
-    assert os.getppid() > 0  # still alive to check
+def test_this_process_and_its_children_survive(hostile: Sandbox) -> None:
+    # Signals to every process the sandbox can name must reach none of ours. Without a PID namespace
+    # or a throwaway uid, a root sandbox could reach them, so that is no place to try it.
+    active = hostile.probe().active
+    if not {"pidns", "unprivileged-uid"} & active:
+        pytest.skip(f"neither a PID namespace nor a throwaway uid here ({sorted(active)})")
+    sentinel = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        code = (
+            "import os, signal\n"
+            f"for pid in [*range(1, 4000), {sentinel.pid}, {os.getpid()}]:\n"
+            "    try:\n        os.kill(pid, signal.SIGKILL)\n    except OSError:\n        pass"
+        )
+        r = hostile.run([hostile.python, "-I", "-c", code])
+        assert r.returncode is not None
+        assert sentinel.poll() is None, "a process of the test was killed from inside the sandbox"
+    finally:
+        sentinel.kill()
+        sentinel.wait()
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="Linux namespaces")

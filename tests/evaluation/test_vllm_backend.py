@@ -29,7 +29,8 @@ def test_same_answers_as_the_hf_backend_before_and_after_a_weight_update(tmp_pat
     from cycleqd.evaluation.chartokenizer import tiny_char_llama
     from cycleqd.weights import open_model
 
-    folder = tiny_char_llama(tmp_path / "m")
+    # head_dim 32: attention kernels on the GPU refuse the smallest head sizes.
+    folder = tiny_char_llama(tmp_path / "m", hidden_size=128, num_attention_heads=4, num_key_value_heads=4)
     base = open_model(folder)
     weights = {n: base[n] for n in base}
     hf = HFBackend(folder, dtype="float32", device="cuda")

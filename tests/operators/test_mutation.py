@@ -208,3 +208,29 @@ def test_cache_build_adds_only_missing_tensors(tmp_path: Path) -> None:
     assert cache.missing(["a", "b"]) == []
     assert all((tmp_path / "c" / name).stat().st_mtime_ns == t for name, t in first.items())
     assert torch.allclose(ExpertSVDCache(tmp_path / "c").get("b").reconstruct(), expert["b"], atol=1e-5)
+
+
+def test_svd_expert_leaves_skipped_tensors_bit_identical(expert_cache) -> None:
+    cache, _ = expert_cache
+    tau = _tau()
+    mutation = SVDExpertMutation(caches={"code": cache}, rho=0.1)
+    out, record = mutate(tau, mutation, seed=1, expert="code", skip_patterns=("norm", "q_proj"))
+    for n in ("model.layers.0.input_layernorm.weight", "model.norm.weight", "model.layers.0.mlp.bias"):
+        assert out[n] is tau[n]
+    assert out["model.layers.0.special_norm_proj.weight"] is tau["model.layers.0.special_norm_proj.weight"]
+    assert out["model.layers.0.self_attn.q_proj.weight"] is tau["model.layers.0.self_attn.q_proj.weight"]
+    assert record.mutated == 1
+    assert not torch.equal(out["model.layers.0.mlp.up_proj.weight"], tau["model.layers.0.mlp.up_proj.weight"])
+
+
+def test_svd_expert_same_seed_same_bits_different_seed_different(expert_cache) -> None:
+    cache, _ = expert_cache
+    tau = _tau()
+    mutation = SVDExpertMutation(caches={"code": cache}, rho=0.1)
+    skip = ("norm",)
+    a, _ = mutate(tau, mutation, seed=21, expert="code", skip_patterns=skip)
+    b, _ = mutate(tau, mutation, seed=21, expert="code", skip_patterns=skip)
+    c, _ = mutate(tau, mutation, seed=22, expert="code", skip_patterns=skip)
+    assert all(torch.equal(a[n], b[n]) for n in tau)
+    for name in ("model.layers.0.mlp.up_proj.weight", "model.layers.0.self_attn.q_proj.weight"):
+        assert not torch.equal(a[name], c[name])
