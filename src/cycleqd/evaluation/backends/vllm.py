@@ -68,8 +68,9 @@ class VLLMBackend(Backend):
         if reason:
             raise ConfigError(f"evaluation.backend is vllm but {reason}; use backend: hf")
         # The engine must live in this process so that load() reaches its model without shipping
-        # the weights to another process.
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        # the weights to another process (pickling them would fail, or cost a copy per child): this
+        # overrides a user's setting on purpose.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         from vllm import LLM
 
         self.model_dir = Path(model_dir)
