@@ -95,3 +95,71 @@ def test_a_killed_worker_does_not_lose_the_run(tmp_path: Path, reference: Path) 
     assert "worker-2" in {ln["worker"] for ln in lines}, "no replacement worker took a job"
     # Same worker count, same seed: the retried jobs give exactly the run that was never disturbed.
     assert _result(run) == _result(reference)
+
+
+CHOICES = [
+    {"id": f"q{i}", "prompt": f"Q:{a} or {b}? A:", "choices": [a, b], "answer": i % 2}
+    for i, (a, b) in enumerate(
+        [("red", "blue"), ("cat", "dog"), ("up", "down"), ("sun", "moon"), ("one", "two"), ("hot", "cold"),
+         ("sea", "sky"), ("left", "right"), ("yes", "no"), ("old", "new"), ("big", "small"), ("tea", "milk")]
+    )
+]  # fmt: skip
+
+
+def test_language_models_with_the_hf_backend_on_ray_workers(tmp_path: Path) -> None:
+    # Tiny Llamas with a character tokenizer, scored by the Hugging Face backend inside the workers.
+    import yaml
+
+    from cycleqd.evaluation.chartokenizer import tiny_char_llama
+
+    folders = {name: tiny_char_llama(tmp_path / name, seed=seed) for name, seed in
+               (("base", 0), ("a", 1), ("b", 2))}  # fmt: skip
+    for split, rows in (("validation", CHOICES[:8]), ("test", CHOICES[8:])):
+        with (tmp_path / "choices.jsonl").open("a") as fh:
+            fh.writelines(json.dumps({**r, "split": split}) + "\n" for r in rows)
+    cfg = {
+        "seed": 0,
+        "generations": 4,
+        "models": {"base": str(folders["base"]), "experts": {"a": str(folders["a"]), "b": str(folders["b"])}},
+        "tasks": [
+            {"name": "a", "kind": "choice", "data": "choices.jsonl"},
+            {"name": "b", "kind": "choice", "data": "choices.jsonl", "params": {"normalize": "length"}},
+        ],
+        "evaluation": {"backend": "hf", "dtype": "float32", "batch_size": 8},
+        "archive": {"bins": 4},
+        "mutation": {"kind": "gaussian", "sigma": 0.05},
+        "runner": {"kind": "ray", "workers": 2},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [CLI, "run", str(tmp_path / "run.yaml"), "--out", str(run), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ck = json.loads((run / "checkpoint.json").read_text())
+    assert ck["finished"]
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {ln["worker"] for ln in lines} == {"worker-0", "worker-1"}
+    children = [r for r in ck["registry"] if r["kind"] == "child"]
+    assert len(children) == 4
+    assert all(r["status"] != "failed" for r in children), [r["error"] for r in children]
+    # What a worker built and scored is what the driver scores: re-evaluate through the command line
+    # a child the workers made (or, if no archive kept one, the aggregate the driver made).
+    kept = [r for r in children if r["status"] == "elite"]
+    if kept:
+        weights, expected = run / "models" / kept[0]["id"], kept[0]["scores"]["validation"]
+    else:
+        agg = ck["final"]["aggregate"]
+        weights, expected = Path(agg["path"]), agg["validation_scores"]
+    config = str(tmp_path / "run.yaml")
+    out = subprocess.run(
+        [CLI, "eval", str(weights), "--config", config, "--split", "validation", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["scores"] == pytest.approx(expected)
