@@ -160,14 +160,24 @@ def _child(args: list[str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def compare(folder: Path) -> dict:
-    """Largest difference between the two children, and the model's size."""
+def compare(folder: Path, rtol: float) -> dict:
+    """Largest difference between the two children, the share of elements further apart than one
+    storage rounding step (``rtol`` relative), and the model's size."""
     from cycleqd.weights import open_model
 
     a, b = open_model(folder / "child-streaming"), open_model(folder / "child-in-memory")
     base = open_model(folder / "base")
+    worst, bad, total = 0.0, 0, 0
+    for n in a:
+        x, y = a[n].float(), b[n].float()
+        diff = (x - y).abs()
+        worst = max(worst, float(diff.max()) if diff.numel() else 0.0)
+        bad += int((diff > 1e-6 + rtol * y.abs()).sum())
+        total += diff.numel()
     return {
-        "worst": max(float((a[n].float() - b[n].float()).abs().max()) for n in a),
+        "worst": worst,
+        "bad_fraction": bad / max(total, 1),
+        "names_differ": sorted(set(a) ^ set(b)),
         "model_bytes": sum(base.numel(n) * base.dtype(n).itemsize for n in base),
         "n_params": sum(base.numel(n) for n in base),
     }
@@ -199,7 +209,7 @@ def main() -> None:
         elif args.measure == "bandwidth":
             result = {"bandwidth": copy_bandwidth()}
         elif args.measure == "compare":
-            result = compare(folder)
+            result = compare(folder, _ulp(args.dtype))
         else:
             fn = run_streaming if args.measure == "streaming" else run_in_memory
             result = fn(folder, args.rank, Path(args.save) if args.save else None)
@@ -227,7 +237,7 @@ def main() -> None:
     model_bytes = info["model_bytes"]
     must_move = 3 * model_bytes  # read two parents, write the child
     floor = must_move / bandwidth
-    ulp = 2**-7 if args.dtype == "bfloat16" else 2**-23
+    ulp = _ulp(args.dtype)
 
     print(f"\n{args.size} Llama, {info['n_params'] / 1e9:.2f}B parameters, {args.dtype}: ", end="")
     print(f"one model = {model_bytes / 1e9:.2f} GB")
@@ -247,7 +257,18 @@ def main() -> None:
         f"\nstreaming vs in-memory: {theirs['seconds'] / ours['seconds']:.1f}x faster, "
         f"{(theirs['peak'] - idle) / max(ours['peak'] - idle, 1):.1f}x less memory above the libraries"
     )
-    print(f"children agree: max |difference| {info['worst']:.3g} (storage rounding step near 1: {ulp:.3g})")
+    agree = info["bad_fraction"] == 0 and not info["names_differ"]
+    print(
+        f"children {'agree' if agree else 'DIFFER'}: max |difference| {info['worst']:.3g}, "
+        f"{info['bad_fraction']:.2e} of elements beyond one storage rounding step ({ulp:.3g} relative)"
+    )
+    if not agree:
+        sys.exit("the streaming child differs from the in-memory child")
+
+
+def _ulp(dtype: str) -> float:
+    """The storage dtype's rounding step near 1 (relative)."""
+    return 2**-7 if dtype == "bfloat16" else 2**-23
 
 
 if __name__ == "__main__":
