@@ -23,6 +23,7 @@ from __future__ import annotations
 import ast
 import json
 import secrets
+import warnings
 from typing import Any
 
 from pydantic import AliasChoices, Field
@@ -109,7 +110,10 @@ def syntax_error(code: str) -> str | None:
     if "\x00" in code or len(code) > 100_000:
         return None
     try:
-        ast.parse(code, filename="solution.py")
+        # The parser warns about dubious literals (``1if``): the answer's problem, not the user's.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ast.parse(code, filename="solution.py")
     except SyntaxError as exc:
         return f"{exc.msg} (line {exc.lineno})"
     except (ValueError, RecursionError, MemoryError):
