@@ -90,7 +90,17 @@ def _claims_text(claims: Mapping[str, Any]) -> str:
             rows,
         )
     )
-    return "\n".join(lines)
+    for c in claims["per_seed"]:
+        if c["holds"]:
+            continue
+        why = []
+        if c["beaten_by"]:
+            why.append("matched or beaten on the test average by " + ", ".join(c["beaten_by"]))
+        short = [t for t, s in c["skills"].items() if not s["kept_half"]]
+        if short:
+            why.append("kept less than half of the expert's gain on " + ", ".join(short))
+        lines.append(f"- seed {c['seed']}: {'; '.join(why)}.")
+    return "\n".join(lines) + "\n"
 
 
 def _aggregation_notes(rows: Sequence[Mapping[str, Any]]) -> str:

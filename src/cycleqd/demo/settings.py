@@ -27,7 +27,7 @@ class CycleQDSettings:
         temperature: Softmax temperature of the final aggregation (1).
     """
 
-    generations: int = 100
+    generations: int = 120
     bins: int = 15
     alpha_low: float = 0.5
     alpha_high: float = 0.8

@@ -11,8 +11,9 @@ small phrase language with a reference answer and what its checker needs:
 - ``os``: an instruction about files becomes a shell command, run in a folder made from the item's
   files and judged by its output and the folder it leaves (``shell`` kind).
 
-Half of each skill's templates are *basic*: the base model is pretrained on them (with the generic
-format tasks), the expert of the skill learns the rest. Expected values of the code tests come from a
+Half of each skill's templates are *basic*: with the recipe's ``base_templates="basic"`` the base model
+is pretrained on them only and the expert of the skill learns the rest (by default the base sees every
+template; see :mod:`cycleqd.demo.recipe`). Expected values of the code tests come from a
 Python function written next to each answer text, not from evaluating the text.
 """
 
@@ -70,7 +71,7 @@ class Template:
     Attributes:
         name: Template name, unique within its skill.
         skill: The skill.
-        basic: Whether the base model learns it (else only the skill's expert does).
+        basic: Whether it is in the basic half (all the base sees with ``base_templates="basic"``).
         make: Enumerates its items as (question, answer, check) given a seeded generator.
     """
 
