@@ -187,6 +187,24 @@ def test_dare_linear_hand_example():
     assert close(out, expected, tol=1e-5)
 
 
+def test_dare_ties_hand_example():
+    # Drop with the same masks as DARE defines them, then elect signs and keep the agreeing entries.
+    taus = [vec(1, -2, 3, 4, -5, 6), vec(-2, 3, -1, -1, 4, -5)]  # every sign in conflict
+    g = torch.Generator().manual_seed(5)
+    d1 = taus[0] * (torch.rand(6, generator=g) < 0.8) / 0.8
+    d2 = taus[1] * (torch.rand(6, generator=g) < 0.8) / 0.8
+    w = [2.0, 1.0]
+    sign = torch.sign(w[0] * d1 + w[1] * d2)
+    agree1 = torch.sign(w[0] * d1) == sign
+    agree2 = torch.sign(w[1] * d2) == sign
+    expected = 0.8 * (w[0] * d1 * agree1 + w[1] * d2 * agree2)
+    out = dare_ties(
+        taus, weights=w, densities=[0.8, 0.8], generator=torch.Generator().manual_seed(5), scale=0.8
+    )
+    assert close(out, expected, tol=1e-5)
+    assert not close(out, 0.8 * (w[0] * d1 + w[1] * d2), tol=1e-5)  # the election dropped something
+
+
 # -- SLERP -----------------------------------------------------------------------------------------
 
 
