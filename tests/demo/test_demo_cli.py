@@ -39,7 +39,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     assert first.returncode == 0, first.stdout + first.stderr
     weights = sorted(cache.rglob("model.safetensors"))
     stamps = {p: p.stat().st_mtime_ns for p in weights}
-    second = _demo(root / "second", cache)
+    second = _demo(root / "second", cache, "--ablations")
     assert second.returncode == 0, second.stdout + second.stderr
     return {"root": root, "cache": cache, "first": first, "second": second, "stamps": stamps}
 
@@ -112,3 +112,22 @@ def test_a_used_folder_is_refused_before_any_work(runs) -> None:
     again = _demo(runs["root"] / "first", runs["cache"])
     assert again.returncode == 2
     assert "is not an empty folder" in again.stderr
+
+
+def test_ablations_run_with_the_same_budget_and_seed(runs) -> None:
+    out = runs["root"] / "second"
+    rows = json.loads((out / "results.json").read_text())
+    ablations = {r["name"]: r for r in rows if r["kind"] == "ablation"}
+    assert set(ablations) == {"fixed-roles", "no-mutation", "gaussian-mutation", "uniform-selection"}
+    assert not any(r["final"] for r in ablations.values())
+    for name, change in (("fixed-roles", {"cycle": False}), ("no-mutation", {"mutation": {"kind": "none"}})):
+        assert ablations[name]["params"]["change"] == change
+        run = out / "demo" / "seed0" / "ablations" / name
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert len(lines) == 3  # the quick variant's generations, as the main run
+        if name == "fixed-roles":
+            assert {ln["active_task"] for ln in lines} == {"code"}
+        else:
+            assert [ln["active_task"] for ln in lines] == ["code", "db", "os"]
+            assert all(ln["mutation"]["kind"] == "none" for ln in lines)
+    assert "## Ablations" in (out / "report.md").read_text()

@@ -164,7 +164,7 @@ def _final_section(state: RunState, tasks: list[str]) -> str:
     lines.append(f"Aggregate θ0 + Σ softmax(f/T)ₖ τₖ of the archive bests: {weights}.\n")
     rows = []
     for model_id, scores in final["test_scores"].items():
-        rec = state.registry.get(model_id, None)
+        rec = state.registry[model_id] if model_id in state.registry else None  # noqa: SIM401 (no .get)
         val = rec.scores.get("validation", {}) if rec else {}
         val_avg = sum(val.values()) / len(val) if val else None
         role = []
