@@ -208,11 +208,13 @@ def compare(a_dir: Path, b_dir: Path, *, rtol: float, atol: float) -> dict[str, 
 
 
 def agree(row: dict, *, bfloat16: bool) -> bool:
-    """Whether both tools' outputs agree: every element within tolerance, except that with bfloat16
-    storage TIES may keep other entries where magnitudes tie at the trim threshold (at most 1e-4)."""
+    """Whether both tools' outputs agree: every element within tolerance, except that TIES may keep
+    other entries where a magnitude ties at the trim threshold or the elected sign is that of a sum
+    within rounding of zero (summation order differs): at most 1e-5 of the elements in float32
+    (measured at 1B: 7e-7), 1e-4 with bfloat16 storage, whose coarse values tie more often."""
     if row["names_differ"]:
         return False
-    allowed = 1e-4 if bfloat16 and row["method"] == "ties" else 0.0
+    allowed = (1e-4 if bfloat16 else 1e-5) if row["method"] == "ties" else 0.0
     return row["bad_fraction"] <= allowed
 
 
