@@ -70,3 +70,12 @@ def tiny_chat_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         hidden_size=48,
         intermediate_size=96,
     )
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Path:
+    """A folder outside any sandbox holding one precious file, for tests of writes and deletes."""
+    folder = tmp_path / "outside"
+    folder.mkdir()
+    (folder / "precious.txt").write_text("precious\n")
+    return folder

@@ -89,14 +89,6 @@ def test_huge_file(data, tmp_path: Path) -> None:
     _failed(_judge(answer, data)[0])
 
 
-@pytest.fixture
-def victim(tmp_path: Path) -> Path:
-    folder = tmp_path / "outside"
-    folder.mkdir()
-    (folder / "precious.txt").write_text("precious\n")
-    return folder
-
-
 def test_writing_outside_the_working_folder(data, victim: Path) -> None:
     answer = f"def f(x):\n    open({str(victim / 'new.txt')!r}, 'w').write('pwned')\n    return x + 1"
     _failed(_judge(answer, data)[0])

@@ -224,14 +224,6 @@ def test_huge_file_is_stopped_at_the_size_limit(hostile: Sandbox) -> None:
     assert size <= HOSTILE.max_file_mb * 1024 * 1024
 
 
-@pytest.fixture
-def victim(tmp_path: Path) -> Path:
-    folder = tmp_path / "outside"
-    folder.mkdir()
-    (folder / "precious.txt").write_text("precious\n")
-    return folder
-
-
 def _intact(folder: Path) -> None:
     assert sorted(p.name for p in folder.iterdir()) == ["precious.txt"]
     assert (folder / "precious.txt").read_text() == "precious\n"
