@@ -12,9 +12,9 @@ skill (about a third of the items right); each expert is fine-tuned from it on i
 replay of the base mix and sharpens that skill. Because every expert refines what the base already
 half knows, half of an expert's task vector keeps much of its gain and merges combine skills, as with
 large pretrained models. With ``base_templates="basic"`` the base sees only half of each skill's
-templates and each expert learns the other half from scratch: measured on validation (seed 0), half
-of an expert's task vector then keeps almost nothing of its gain (code 0.99 → 0.55, base 0.45), every
-merge stays near the base, and CycleQD cannot combine skills.
+templates and each expert learns the other half from scratch: measured on validation (seed 0, a
+300-step base), half of an expert's task vector then keeps almost nothing of its gain (code 0.99 →
+0.55, base 0.45), every merge stays near the base, and CycleQD cannot combine skills.
 """
 
 from __future__ import annotations
