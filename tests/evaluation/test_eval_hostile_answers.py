@@ -6,14 +6,13 @@ item would mean the attack succeeded; the tests also check from outside that not
 
 from __future__ import annotations
 
-import os
 import secrets
-import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from hostile import listener, processes_with
 
 from cycleqd.evaluation.sandbox import Sandbox, SandboxLimits
 from cycleqd.evaluation.tasks import PythonCodeTask
@@ -48,29 +47,39 @@ def test_infinite_loop(data) -> None:
 
 def test_fork_bomb(data) -> None:
     marker = f"bomb{secrets.token_hex(4)}"
+    # Every child becomes a long sleeper whose command line carries the marker: the test sees them
+    # while the bomb runs and checks from outside that none survives the judging.
+    sleeper = ["import time; time.sleep(60)", marker]
     answer = (
-        "import os, time\n"
+        "import os, sys, time\n"
+        f"SLEEPER = [sys.executable, '-c', *{sleeper!r}]\n"
         "def f(x):\n"
-        f"    tag = {marker!r}\n"
         "    while True:\n"
         "        try:\n"
-        "            os.fork()\n"
+        "            if os.fork() == 0:\n"
+        "                os.execv(sys.executable, SLEEPER)\n"
         "        except OSError:\n"
         "            time.sleep(0.01)"
     )
-    result, _ = _judge(answer, data)
+    seen = [0]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seen[0] = max(seen[0], len(processes_with(marker)))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        result, _ = _judge(answer, data)
+    finally:
+        done.set()
+        watcher.join(timeout=5)
     _failed(result)
+    assert seen[0] > 0, "the bomb's processes were never seen: the check below would prove nothing"
     time.sleep(0.2)
-    leftovers = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/cmdline", "rb") as fh:
-                    if marker.encode() in fh.read():
-                        leftovers.append(entry.name)
-            except OSError:
-                continue
-    assert leftovers == []
+    assert processes_with(marker) == []
 
 
 def test_memory_hog(data) -> None:
@@ -111,20 +120,7 @@ def test_reading_the_parents_environment(data, monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_opening_a_network_connection(data) -> None:
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.2)
-    accepted: list[object] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                accepted.append(server.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
+    server, accepted = listener()
     port = server.getsockname()[1]
     answer = (
         "import socket\n"
@@ -136,8 +132,6 @@ def test_opening_a_network_connection(data) -> None:
         result, _ = _judge(answer, data)
         time.sleep(0.1)
     finally:
-        stop.set()
-        thread.join(timeout=2)
         server.close()
     _failed(result)
     assert accepted == []

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import threading
@@ -16,25 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+from hostile import listener, processes_with
 
 from cycleqd.evaluation.sandbox import Sandbox, SandboxLimits, SandboxUnavailableError
 
 HOSTILE = SandboxLimits(wall_s=3, cpu_s=1, memory_mb=256, max_processes=16, max_file_mb=2)
-
-
-def processes_with(marker: str) -> list[int]:
-    """Pids of the processes whose command line holds ``marker`` (not this one)."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/cmdline", "rb") as fh:
-                if marker.encode() in fh.read():
-                    found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
 
 
 def has_process_cap(sb: Sandbox) -> bool:
@@ -332,25 +317,6 @@ def test_parent_environment_is_unreachable(hostile: Sandbox, monkeypatch: pytest
     assert "proc: []" in r.stdout, r.stdout
 
 
-def _listener() -> tuple[socket.socket, list[str]]:
-    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    server.bind(("127.0.0.1", 0))
-    server.listen(5)
-    server.settimeout(4)
-    accepted: list[str] = []
-
-    def accept() -> None:
-        try:
-            conn, addr = server.accept()
-            accepted.append(str(addr))
-            conn.close()
-        except OSError:
-            pass
-
-    threading.Thread(target=accept, daemon=True).start()
-    return server, accepted
-
-
 CONNECT = """
 import socket, sys
 try:
@@ -362,7 +328,7 @@ except OSError as exc:
 
 
 def test_network_connection_fails(hostile: Sandbox) -> None:
-    server, accepted = _listener()
+    server, accepted = listener()
     try:
         r = hostile.run([hostile.python, "-I", "-c", CONNECT, str(server.getsockname()[1])])
         time.sleep(0.1)
@@ -375,7 +341,7 @@ def test_network_connection_fails(hostile: Sandbox) -> None:
 def test_network_connection_works_when_allowed() -> None:
     # The control for the test above: the same program reaches the listener when networking is on.
     sb = Sandbox(HOSTILE.replace(network=True))
-    server, accepted = _listener()
+    server, accepted = listener()
     try:
         r = sb.run([sb.python, "-I", "-c", CONNECT, str(server.getsockname()[1])])
         deadline = time.monotonic() + 2
