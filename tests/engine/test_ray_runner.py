@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from toyrun import CLI, write_toy_config
+from toyrun import CLI, cli, write_toy_config
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'cycleqd[ray]')")
 
@@ -132,13 +132,7 @@ def test_language_models_with_the_hf_backend_on_ray_workers(tmp_path: Path) -> N
     }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     run = tmp_path / "run"
-    proc = subprocess.run(
-        [CLI, "run", str(tmp_path / "run.yaml"), "--out", str(run), "--no-progress"],
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    cli("run", str(tmp_path / "run.yaml"), "--out", str(run), "--no-progress", timeout=400)
     ck = json.loads((run / "checkpoint.json").read_text())
     assert ck["finished"]
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
@@ -154,12 +148,5 @@ def test_language_models_with_the_hf_backend_on_ray_workers(tmp_path: Path) -> N
     else:
         agg = ck["final"]["aggregate"]
         weights, expected = Path(agg["path"]), agg["validation_scores"]
-    config = str(tmp_path / "run.yaml")
-    out = subprocess.run(
-        [CLI, "eval", str(weights), "--config", config, "--split", "validation", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert out.returncode == 0, out.stderr
+    out = cli("eval", str(weights), "--config", str(tmp_path / "run.yaml"), "--split", "validation", "--json")
     assert json.loads(out.stdout)["scores"] == pytest.approx(expected)

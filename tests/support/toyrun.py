@@ -37,9 +37,11 @@ def write_toy_config(folder: Path, **overrides: Any) -> Path:
     return path
 
 
-def cli(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run the installed ``cycleqd`` console script."""
-    proc = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout)
+def cli(
+    *args: str, check: bool = True, timeout: float = 300, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``cycleqd`` console script (in ``cwd`` when given)."""
+    proc = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"cycleqd {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
