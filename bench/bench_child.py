@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from model_diff import compare_models
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
 SKIP = ("norm", "embed_tokens", "lm_head")
@@ -161,23 +163,12 @@ def _child(args: list[str]) -> dict:
 
 
 def compare(folder: Path, rtol: float) -> dict:
-    """Largest difference between the two children, the share of elements further apart than one
-    storage rounding step (``rtol`` relative), and the model's size."""
+    """How far apart the two children are (``rtol``: one storage rounding step), and the model's size."""
     from cycleqd.weights import open_model
 
-    a, b = open_model(folder / "child-streaming"), open_model(folder / "child-in-memory")
     base = open_model(folder / "base")
-    worst, bad, total = 0.0, 0, 0
-    for n in a:
-        x, y = a[n].float(), b[n].float()
-        diff = (x - y).abs()
-        worst = max(worst, float(diff.max()) if diff.numel() else 0.0)
-        bad += int((diff > 1e-6 + rtol * y.abs()).sum())
-        total += diff.numel()
     return {
-        "worst": worst,
-        "bad_fraction": bad / max(total, 1),
-        "names_differ": sorted(set(a) ^ set(b)),
+        **compare_models(folder / "child-streaming", folder / "child-in-memory", rtol=rtol, atol=1e-6),
         "model_bytes": sum(base.numel(n) * base.dtype(n).itemsize for n in base),
         "n_params": sum(base.numel(n) for n in base),
     }
@@ -259,7 +250,7 @@ def main() -> None:
     )
     agree = info["bad_fraction"] == 0 and not info["names_differ"]
     print(
-        f"children {'agree' if agree else 'DIFFER'}: max |difference| {info['worst']:.3g}, "
+        f"children {'agree' if agree else 'DIFFER'}: max |difference| {info['max_abs_diff']:.3g}, "
         f"{info['bad_fraction']:.2e} of elements beyond one storage rounding step ({ulp:.3g} relative)"
     )
     if not agree:

@@ -37,6 +37,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from model_diff import compare_models
+
 HERE = Path(__file__).resolve().parent
 VENV = HERE / ".venv-mergekit"
 OUT = HERE / "out"
@@ -189,24 +191,6 @@ def timed(cmd: list[str], log: Path) -> tuple[float, float, int]:
     return seconds, rss_kib / 1024, rc
 
 
-def compare(a_dir: Path, b_dir: Path, *, rtol: float, atol: float) -> dict[str, float]:
-    """Tensor-by-tensor comparison of two model folders."""
-    from cycleqd.weights import open_model
-
-    a, b = open_model(a_dir), open_model(b_dir)
-    if set(a) != set(b):
-        missing = sorted(set(a) ^ set(b))
-        return {"max_abs_diff": float("inf"), "bad_fraction": 1.0, "names_differ": len(missing)}
-    worst, bad, total = 0.0, 0, 0
-    for name in a:
-        x, y = a[name].float(), b[name].float()
-        diff = (x - y).abs()
-        worst = max(worst, float(diff.max()) if diff.numel() else 0.0)
-        bad += int((diff > atol + rtol * y.abs()).sum())
-        total += diff.numel()
-    return {"max_abs_diff": worst, "bad_fraction": bad / max(total, 1), "names_differ": 0}
-
-
 def agree(row: dict, *, bfloat16: bool) -> bool:
     """Whether both tools' outputs agree: every element within tolerance, except that TIES may keep
     other entries where a magnitude ties at the trim threshold or the elected sign is that of a sum
@@ -272,7 +256,7 @@ def main() -> None:
                 if prev is not None:  # fastest time, highest peak over the repeats
                     seconds, rss = min(seconds, prev.seconds), max(rss, prev.peak_rss_mib)
                 runs[tool] = Run(tool, method, seconds, rss, rc)
-        diff = compare(outs["cycleqd"], outs["mergekit"], rtol=rtol, atol=atol)
+        diff = compare_models(outs["cycleqd"], outs["mergekit"], rtol=rtol, atol=atol)
         rows.append(
             {
                 "method": method,
