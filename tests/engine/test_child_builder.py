@@ -92,3 +92,32 @@ def test_children_are_stored_in_the_configured_dtype(tiny_models) -> None:
     builder = ChildBuilder(base=open_model(tiny_models["base"]), mutation=NoMutation(), dtype=torch.bfloat16)
     weights, _, _, _ = builder.build(_job(tiny_models))
     assert {t.dtype for t in weights.values()} == {torch.bfloat16}
+
+
+def test_a_recycled_child_lends_its_memory_and_the_next_is_unchanged(tiny_models, tmp_path: Path) -> None:
+    base, expert = open_model(tiny_models["base"]), open_model(tiny_models["e1"])
+    cache = ExpertSVDCache(tmp_path / "svd", rank=3)
+    cache.build(expert, base, [n for n in base if len(base.shape(n)) == 2])
+
+    def builder() -> ChildBuilder:
+        return ChildBuilder(base=base, mutation=SVDExpertMutation(caches={"e1": cache}, rho=0.1), dtype=None)
+
+    recycling = builder()
+    first, _, _, _ = recycling.build(_job(tiny_models, seed=1))
+    addresses = {n: t.data_ptr() for n, t in first.items()}
+    recycling.recycle(first)
+    second, _, _, _ = recycling.build(_job(tiny_models, seed=2))
+    reused = [n for n in second if second[n].data_ptr() == addresses[n]]
+    assert len(reused) == len(second)  # every tensor written into the first child's memory
+    fresh, _, _, _ = builder().build(_job(tiny_models, seed=2))
+    assert all(torch.equal(second[n], fresh[n]) for n in fresh)
+
+
+def test_tensors_of_the_base_files_are_never_recycled(tiny_models) -> None:
+    base = open_model(tiny_models["base"])
+    builder = ChildBuilder(base=base, mutation=NoMutation(), dtype=None)
+    mapped = {n: base[n] for n in base}
+    before = {n: t.clone() for n, t in mapped.items()}
+    builder.recycle(mapped)
+    builder.build(_job(tiny_models))
+    assert all(torch.equal(mapped[n], before[n]) for n in mapped)  # the mapped file was not written

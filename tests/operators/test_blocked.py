@@ -42,3 +42,21 @@ def test_shape_errors() -> None:
         weighted_sum([torch.zeros(2), torch.zeros(3)], [1.0, 1.0])
     with pytest.raises(ValueError, match="do not make a tensor of shape"):
         weighted_sum([torch.zeros(4, 5)], [1.0], low_rank=(torch.zeros(4, 2), torch.zeros(3, 5)))
+
+
+def test_result_is_written_into_a_given_tensor() -> None:
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.randn(23, 9, generator=g).to(torch.bfloat16) for _ in range(2)]
+    a, b = torch.randn(23, 2, generator=g), torch.randn(2, 9, generator=g)
+    target = torch.full((23, 9), 7.0, dtype=torch.bfloat16)
+    out = weighted_sum(xs, [0.4, 0.6], low_rank=(a, b), out_dtype=torch.bfloat16, out=target)
+    assert out is target
+    assert torch.equal(out, weighted_sum(xs, [0.4, 0.6], low_rank=(a, b), out_dtype=torch.bfloat16))
+
+
+def test_a_given_tensor_that_does_not_fit_is_refused() -> None:
+    xs = [torch.zeros(4, 5)]
+    with pytest.raises(ValueError, match=r"it needs a contiguous torch.float32 tensor of shape \(4, 5\)"):
+        weighted_sum(xs, [1.0], out=torch.zeros(5, 4))
+    with pytest.raises(ValueError, match="non-contiguous"):
+        weighted_sum(xs, [1.0], out=torch.zeros(5, 4).t())

@@ -103,6 +103,10 @@ class ChildBuilder:
         skip_patterns: Tensor names never mutated.
         dtype: Storage dtype of children (``None`` keeps the base's).
         parents: Cache of open parent sources.
+
+    A child handed back with :meth:`recycle` once it has been saved or discarded lends its memory to
+    the next build: filling fresh memory costs a page fault per 4 KiB page (about 2.5 s for a 2 GB
+    child on a 2-core virtual machine, more than the arithmetic), filling memory already held does not.
     """
 
     base: ModelSource
@@ -114,6 +118,30 @@ class ChildBuilder:
     dtype: torch.dtype | None = torch.float32
     parents: ParentCache = field(default_factory=ParentCache)
     _release: MappedPages = field(default_factory=MappedPages, repr=False)
+    _spare: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def recycle(self, weights: Mapping[str, torch.Tensor] | None) -> None:
+        """Hand back a built child whose tensors nobody reads any more; the next build writes into them.
+
+        Only tensors this builder allocated qualify (tensors shared with the base's files never do).
+        At most one child's memory is kept.
+
+        Args:
+            weights: The child's tensors (``None`` is accepted and ignored).
+        """
+        if not weights:
+            return
+        self._spare = {
+            name: t
+            for name, t in weights.items()
+            if t.device.type == "cpu" and t.is_contiguous() and t.untyped_storage().resizable()
+        }
+
+    def _output(self, name: str, shape: torch.Size, dtype: torch.dtype) -> torch.Tensor | None:
+        spare = self._spare.pop(name, None)
+        if spare is not None and spare.shape == shape and spare.dtype == dtype:
+            return spare
+        return None
 
     def plan(self, job: Job) -> CrossoverPlan:
         """Draw the job's crossover coefficients (from its own seed)."""
@@ -172,7 +200,13 @@ class ChildBuilder:
                     counts["mutated"] += 1
                 else:
                     counts["skipped"] += 1
-                out = weighted_sum(inputs, weights, low_rank=low_rank, out_dtype=out_dtype)
+                out = weighted_sum(
+                    inputs,
+                    weights,
+                    low_rank=low_rank,
+                    out_dtype=out_dtype,
+                    out=self._output(name, inputs[0].shape, out_dtype),
+                )
             else:
                 b32 = self.base[name].float()
                 tau = crossover_tensor(name, [torch.sub(x, b32) for x in inputs], plan)
@@ -205,6 +239,7 @@ class ChildBuilder:
         summary = FactorSummary()
         counts = {"mutated": 0, "skipped": 0}
         weights = dict(self.stream(job, plan, summary, counts))
+        self._spare = {}  # memory of a different shape is not kept
         record = MutationRecord(
             kind=self.mutation.kind,
             params=self.mutation.params(),

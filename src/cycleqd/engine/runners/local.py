@@ -40,7 +40,9 @@ class LocalRunner(Runner):
         save_model(
             outcome.weights, path, template=self.builder.base, dtype=self.builder.dtype, durable=self.durable
         )
+        self.builder.recycle(outcome.weights)
         outcome.weights = None
 
     def discard(self, outcome: JobOutcome) -> None:  # noqa: D102
+        self.builder.recycle(outcome.weights)
         outcome.weights = None

@@ -99,6 +99,7 @@ class CycleQDWorker:
         if weights is None:
             return False
         save_model(weights, path, template=self.builder.base, dtype=self.builder.dtype, durable=self.durable)
+        self.builder.recycle(weights)
         return True
 
     def rebuild_and_persist(self, job: Job, path: str) -> None:
@@ -107,10 +108,11 @@ class CycleQDWorker:
 
         weights, _, _, _ = self.builder.build(job)
         save_model(weights, path, template=self.builder.base, dtype=self.builder.dtype, durable=self.durable)
+        self.builder.recycle(weights)
 
     def discard(self, child_id: str) -> None:
         """Forget a kept child."""
-        self._kept.pop(child_id, None)
+        self.builder.recycle(self._kept.pop(child_id, None))
 
 
 #: Worker methods that must not wait behind a running build and evaluation.
