@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from cycleqd.demo.skills import ALPHABET
+from cycleqd.evaluation.backends.loading import quiet_loading
 
 
 @dataclass(frozen=True)
@@ -89,7 +90,8 @@ def load_model(folder: str | Path) -> Any:
     """Load a demo model folder for more training (fp32, training mode)."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).train()
+    with quiet_loading():
+        return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).train()
 
 
 def save_hf_model(model: Any, tokenizer: Any, folder: str | Path) -> Path:

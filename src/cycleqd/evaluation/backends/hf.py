@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from cycleqd.errors import ConfigError, ModelLoadError
+from cycleqd.evaluation.backends.loading import quiet_loading
 from cycleqd.evaluation.backends.prompting import as_messages, cut_at_stop, render_plain
 from cycleqd.evaluation.base import Backend, Prompt
 from cycleqd.weights.dtypes import dtype_name, parse_dtype
@@ -89,7 +90,8 @@ class HFBackend(Backend):
         if target is None and self.device.type == "cpu":
             target = torch.float32
         try:
-            self.model = AutoModelForCausalLM.from_pretrained(str(self.model_dir), dtype=target or "auto")
+            with quiet_loading():
+                self.model = AutoModelForCausalLM.from_pretrained(str(self.model_dir), dtype=target or "auto")
         except Exception as exc:
             raise ModelLoadError(f"cannot load the model in {self.model_dir}: {exc}") from exc
         self.model.to(self.device).eval()
