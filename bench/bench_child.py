@@ -11,7 +11,8 @@ Three measurements, each in a fresh subprocess (so peak memory is the process's 
   costs (``steady state``);
 - ``in-memory``: what the official code does: load the base and both parents whole with
   ``transformers.AutoModelForCausalLM.from_pretrained``, form the task vectors, merge and mutate in
-  memory (same formulas, same expert SVD factors);
+  memory (same formulas, same expert SVD factors, the low-rank term multiplied in bfloat16 for a
+  bfloat16 child as cycleqd does);
 - the floor set by memory bandwidth: the bytes that must move (read both parents, write the child) over
   the copy bandwidth this machine measures for a large tensor.
 
@@ -142,7 +143,11 @@ def run_in_memory(folder: Path, rank: int, save: Path | None) -> dict:
         if is_mutable(name, b.ndim, SKIP):
             f = cache.get(name)
             r = torch.rand(f.S.shape, generator=make_generator(seed, name)) * 0.1
-            tau += (f.U * (r * f.S).unsqueeze(0)) @ f.Vh
+            a, v = f.U * (r * f.S).unsqueeze(0), f.Vh
+            if b.dtype == torch.bfloat16:  # the product cycleqd takes for a bfloat16 child
+                tau += (a.bfloat16() @ v.bfloat16()).float()
+            else:
+                tau += a @ v
         child[name] = (b32 + tau).to(b.dtype)
     seconds = time.perf_counter() - start
     if save:

@@ -7,6 +7,7 @@ import torch
 
 from cycleqd.engine.jobs import ChildBuilder, Job
 from cycleqd.operators import ExpertSVDCache, GaussianMutation, NoMutation, SVDExpertMutation, SVDSelfMutation
+from cycleqd.operators.blocked import weighted_sum
 from cycleqd.operators.random import make_generator
 from cycleqd.seeding import derive_seed
 from cycleqd.weights import open_model
@@ -79,6 +80,30 @@ def test_svd_expert_child_adds_the_active_experts_factors(tiny_models, tmp_path:
         assert torch.allclose(weights[name], t, atol=1e-5), name
     assert record["expert"] == "e1"
     assert 0 <= record["factors"]["min"] <= record["factors"]["max"] < 0.1
+
+
+def test_a_bf16_child_multiplies_its_low_rank_mutation_in_bf16(tiny_models, tmp_path: Path) -> None:
+    base, expert = open_model(tiny_models["base"]), open_model(tiny_models["e1"])
+    cache = ExpertSVDCache(tmp_path / "svd", rank=3)
+    cache.build(expert, base, [n for n in base if len(base.shape(n)) == 2])
+    mutation = SVDExpertMutation(caches={"e1": cache}, rho=0.1)
+    builder = ChildBuilder(base=base, mutation=mutation, dtype=torch.bfloat16)
+    job = _job(tiny_models)
+    weights, _, plan, _ = builder.build(job)
+    parents = [open_model(tiny_models[k]) for k in ("e1", "e2")]
+    seed = derive_seed(job.seed, "mutation")
+    differs_from_float32_product = False
+    for name in base:
+        if len(base.shape(name)) != 2:
+            continue
+        d, _ = mutation.delta(name, base.shape(name), generator=make_generator(seed, name), expert="e1")
+        inputs, w = [p[name] for p in parents], plan.weights["all"]
+        common = {"low_rank": (d.a, d.b), "out_dtype": torch.bfloat16}
+        assert torch.equal(weights[name], weighted_sum(inputs, w, **common, low_rank_dtype=torch.bfloat16)), (
+            name
+        )
+        differs_from_float32_product |= not torch.equal(weights[name], weighted_sum(inputs, w, **common))
+    assert differs_from_float32_product  # the check above tells the two products apart
 
 
 def test_svd_self_child_goes_through_the_task_vector(tiny_models) -> None:
