@@ -150,3 +150,56 @@ def test_language_models_with_the_hf_backend_on_ray_workers(tmp_path: Path) -> N
         weights, expected = Path(agg["path"]), agg["validation_scores"]
     out = cli("eval", str(weights), "--config", str(tmp_path / "run.yaml"), "--split", "validation", "--json")
     assert json.loads(out.stdout)["scores"] == pytest.approx(expected)
+
+
+def test_a_child_whose_worker_died_before_writing_it_is_rebuilt_on_another(tmp_path: Path) -> None:
+    # Runner level, so the worker dies at a chosen moment: after it evaluated the child, before the
+    # driver asked it to write the weights it kept.
+    import torch
+
+    from cycleqd.config import load_config
+    from cycleqd.engine.factory import build_child_builder
+    from cycleqd.engine.jobs import Job
+    from cycleqd.engine.runners.ray import RayRunner, WorkerSpec
+    from cycleqd.weights import open_model
+
+    cfg = load_config(write_toy_config(tmp_path, mutation={"kind": "gaussian", "sigma": 0.01}))
+    experts = cfg.models.experts
+    job = Job(
+        generation=0,
+        child_id="g000000",
+        active_task="sine",
+        parents=("sine", "product"),
+        parent_paths=(str(experts["sine"]), str(experts["product"])),
+        seed=11,
+    )
+    runner = RayRunner(WorkerSpec(config=cfg.model_dump(mode="json")), workers=2, start_timeout_s=120)
+    try:
+        runner.submit(job)
+        outcome = runner.next_outcome()
+        assert outcome.scores is not None
+        assert outcome.worker in runner.worker_pids()
+        os.kill(runner.worker_pids()[outcome.worker], signal.SIGKILL)
+        runner.persist(outcome, tmp_path / "child")
+        assert runner.restarts == 1
+        assert outcome.worker not in runner.worker_pids()
+    finally:
+        runner.close()
+    assert not ray.is_initialized()  # the runner started Ray, and stopped it
+    base = open_model(cfg.models.base)
+    expected, _, _, _ = build_child_builder(cfg, base, fingerprints={}, svd_root=None).build(job)
+    written = open_model(tmp_path / "child")
+    assert set(written) == set(expected)
+    assert all(torch.equal(written[n], expected[n].to(written.dtype(n))) for n in expected)
+
+
+def test_workers_the_cluster_cannot_place_are_a_clear_error(tmp_path: Path) -> None:
+    from cycleqd.config import load_config
+    from cycleqd.engine.runners.ray import RayRunner, WorkerSpec
+    from cycleqd.errors import CycleQDError
+
+    cfg = load_config(write_toy_config(tmp_path))
+    spec = WorkerSpec(config=cfg.model_dump(mode="json"))
+    with pytest.raises(CycleQDError, match=r"2 × \(1.0 CPU, 1.0 GPU\) and the cluster has \d+ CPU and 0 GPU"):
+        RayRunner(spec, workers=2, gpus_per_worker=1.0, start_timeout_s=3)
+    assert not ray.is_initialized()  # nothing left behind

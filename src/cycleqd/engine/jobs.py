@@ -165,8 +165,9 @@ class ChildBuilder:
         """Yield the child's tensors one at a time: θ0 + mutate(Σ w_i τ_i), in storage dtype.
 
         With crossover weights that sum to 1 and an additive mutation (svd-expert, gaussian, none),
-        this is Σ w_i θ_i + δ, computed without reading the base. Pages of the parents' files are
-        released after each tensor, so the process holds the child and a few tensors, not the parents.
+        this is Σ w_i θ_i + δ, computed without reading the base. Pages of the parents' files (and of
+        the base's, when it is read) are released after each tensor, so the process holds the child
+        and a few tensors, not the parents.
         A low-rank mutation A B of a child stored in bfloat16 is multiplied in bfloat16 (products
         summed in float32, the result rounded once): about 3x faster than a float32 product on CPUs
         with bfloat16 instructions, and its error, within a few 2^-9 |δ|, stays far below the child's
@@ -182,6 +183,7 @@ class ChildBuilder:
             (name, tensor) pairs in the base's order.
         """
         parents = [self.parents.get(p) for p in job.parent_paths]
+        self._release.refresh()  # parents closed since the last build may have left their addresses
         mutation_seed = derive_seed(job.seed, "mutation")
         expert = job.active_task if isinstance(self.mutation, SVDExpertMutation) else None
         # Additive mutations need no τ: θ_child = Σ w_i θ_i + δ, which reads only the parents.
@@ -218,7 +220,8 @@ class ChildBuilder:
                     low_rank_dtype=_low_rank_dtype(out_dtype),
                 )
             else:
-                b32 = self.base[name].float()
+                base_tensor = self.base[name]
+                b32 = base_tensor.float()
                 tau = crossover_tensor(name, [torch.sub(x, b32) for x in inputs], plan)
                 tau, factors, changed = mutate_one(
                     name,
@@ -232,6 +235,7 @@ class ChildBuilder:
                 if factors is not None:
                     summary.add(factors)
                 out = tau.add_(b32).to(out_dtype)
+                inputs = [*inputs, base_tensor]  # the base's pages go with the parents'
             self._release(inputs)
             del inputs
             yield name, out

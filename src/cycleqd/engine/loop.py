@@ -164,7 +164,10 @@ class Engine:
         Args:
             run_dir: The run folder.
             generations: A new total number of generations (a finished run is extended, evolving
-                from where it stopped and aggregating again); recorded in the run's config.
+                from where it stopped and aggregating again); recorded in the run's config. With one
+                job in flight the extended run equals a run asked for the new total from the start;
+                with N in flight (Ray runner) the first N new generations draw their parents from the
+                final archives, not from the archives N generations back as that run would have.
             reporter: Progress sink.
 
         Returns:
@@ -243,7 +246,8 @@ class Engine:
             state.final = {}
             state.registry.remove(AGGREGATE_ID)
             # Test scores belong to the end of a run: the final evaluation makes them again (from the
-            # cache), so the registry is the one a run asked for this many generations would have.
+            # cache), so the registry is the one a run asked for this many generations would have
+            # (with one job in flight; see `open` for N).
             for rec in state.registry:
                 rec.scores.pop("test", None)
         state.in_flight = [j for j in state.in_flight if j.generation < total]

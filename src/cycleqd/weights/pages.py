@@ -63,6 +63,14 @@ class MappedPages:
                 self._libc = None  # unsupported here: stop trying
                 return
 
+    def refresh(self) -> None:
+        """Forget the file mappings seen so far; the next call reads ``/proc/self/maps`` again.
+
+        Call it when mappings may have been closed since (a new build, a new merge): an address range
+        that held a file can later hold anonymous memory, which must never be released.
+        """
+        self._ranges = []
+
     def __getstate__(self) -> dict[str, Any]:
         return {}
 

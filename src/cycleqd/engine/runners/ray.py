@@ -157,7 +157,8 @@ class RayRunner(Runner):
                 "runner.kind is ray but Ray is not installed; install the extra: pip install 'cycleqd[ray]'"
             ) from None
         self._ray = ray
-        if not ray.is_initialized():
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
             if address in (None, "", "local"):
                 ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
             else:
@@ -178,11 +179,11 @@ class RayRunner(Runner):
         self._queue: list[Job] = []
         self._retries: dict[int, int] = {}
         self.restarts = 0
+        self._start_timeout_s = start_timeout_s
+        self._resources = {"cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker}
         for _ in range(workers):
             self._idle.append(self._start_worker())
-        self._wait_started(
-            start_timeout_s, workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker
-        )
+        self._wait_started(start_timeout_s, workers=workers, **self._resources)
 
     @classmethod
     def from_engine(cls, engine: Engine, state: RunState) -> RayRunner:
@@ -214,17 +215,29 @@ class RayRunner(Runner):
         return getattr(actor, method).options(concurrency_group=_IO_GROUP)
 
     def _wait_started(
-        self, timeout: float, *, workers: int, cpus_per_worker: float, gpus_per_worker: float
+        self,
+        timeout: float,
+        *,
+        workers: int,
+        cpus_per_worker: float,
+        gpus_per_worker: float,
+        names: list[str] | None = None,
     ) -> None:
         ray = self._ray
-        refs = [self._io(a, "pid").remote() for a in self._workers.values()]
+        waited = names if names is not None else list(self._workers)
+        refs = [self._io(self._workers[n], "pid").remote() for n in waited]
+        what = (
+            "the replacement of a dead Ray worker was not"
+            if names
+            else f"the {workers} Ray workers were not all"
+        )
         try:
             ray.get(refs, timeout=timeout)
         except ray.exceptions.GetTimeoutError:
             have = ray.cluster_resources()
             self.close()
             raise CycleQDError(
-                f"the {workers} Ray workers were not all up after {timeout:.0f} s: the config asks for "
+                f"{what} up after {timeout:.0f} s: the config asks for "
                 f"{workers} × ({cpus_per_worker} CPU, {gpus_per_worker} GPU) and the cluster has "
                 f"{have.get('CPU', 0):g} CPU and {have.get('GPU', 0):g} GPU; lower runner.workers or the "
                 "per-worker resources, or raise runner.start_timeout_s if the model is slow to load"
@@ -245,11 +258,19 @@ class RayRunner(Runner):
                 del self._running[ref]
                 lost.append(j)
         if name in self._workers:
+            with contextlib.suppress(Exception):  # an actor only unreachable for now must not come back
+                self._ray.kill(self._workers[name])
             del self._workers[name]
             if name in self._idle:
                 self._idle.remove(name)
-            self._idle.append(self._start_worker())
+            replacement = self._start_worker()
+            self._idle.append(replacement)
             self.restarts += 1
+            # Wait until the replacement is up: one that cannot be placed (a lost node) would
+            # otherwise hold its job for ever.
+            self._wait_started(
+                self._start_timeout_s, workers=self.slots, names=[replacement], **self._resources
+            )
         for j in sorted(lost, key=lambda j: j.generation, reverse=True):
             tries = self._retries.get(j.generation, 0) + 1
             if tries > self._max_retries:
@@ -300,11 +321,13 @@ class RayRunner(Runner):
                     return
             except ray.exceptions.RayActorError:
                 self._worker_died(name)
-        # Its worker died after evaluating it: build it again (deterministically) on another worker.
+        # Its worker died after evaluating it: build it again (deterministically) on another worker,
+        # an idle one if there is one. The rebuild runs in the worker's default group, after the job it
+        # may be running: two builds at once in one worker would share its builder and double its memory.
         for _ in range(self._max_retries + 1):
-            other = next(iter(self._workers))
+            other = self._idle[0] if self._idle else next(iter(self._workers))
             try:
-                ray.get(self._io(self._workers[other], "rebuild_and_persist").remote(outcome.job, str(path)))
+                ray.get(self._workers[other].rebuild_and_persist.remote(outcome.job, str(path)))
                 return
             except ray.exceptions.RayActorError:
                 self._worker_died(other)
@@ -323,3 +346,5 @@ class RayRunner(Runner):
             with contextlib.suppress(Exception):  # already gone
                 self._ray.kill(actor)
         self._workers.clear()
+        if self._owns_ray and self._ray.is_initialized():
+            self._ray.shutdown()  # the connection this runner opened (and a local cluster it started)

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from cycleqd.errors import ConfigError, ModelLoadError
+from cycleqd.evaluation.backends.codec import PromptCodec
 from cycleqd.evaluation.backends.loading import quiet_loading
-from cycleqd.evaluation.backends.prompting import as_messages, cut_at_stop, render_plain
 from cycleqd.evaluation.base import Backend, Prompt
 from cycleqd.weights.dtypes import dtype_name, parse_dtype
 
@@ -74,18 +74,17 @@ class HFBackend(Backend):
         chat_template: str = "auto",
         max_length: int | None = None,
     ) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         self.model_dir = Path(model_dir)
         self.device = resolve_device(device)
         self.batch_size = batch_size
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
-        except Exception as exc:
-            raise ModelLoadError(
-                f"cannot load the tokenizer of {self.model_dir}: {exc}; the model folder needs its "
-                "tokenizer files (tokenizer.json or tokenizer.model, tokenizer_config.json)"
-            ) from exc
+        # The tokenizer, prompt and stop rules are the vLLM backend's too (checked before the model
+        # loads: a wrong chat_template setting fails fast).
+        self.codec = PromptCodec(self.model_dir, chat_template=chat_template, max_length=max_length)
+        self.tokenizer = self.codec.tokenizer
+        self.use_chat_template = self.codec.use_chat_template
+        self.eos_ids = self.codec.eos_ids
         target = parse_dtype(dtype)
         if target is None and self.device.type == "cpu":
             target = torch.float32
@@ -97,20 +96,9 @@ class HFBackend(Backend):
         self.model.to(self.device).eval()
         self.dtype = next(self.model.parameters()).dtype
         tok = self.tokenizer
-        tok.padding_side = "left"
-        has_template = bool(getattr(tok, "chat_template", None))
-        if chat_template == "on" and not has_template:
-            raise ConfigError(
-                f"evaluation.chat_template is on but the tokenizer of {self.model_dir} has no chat template; "
-                "use auto or off, or add a chat template to tokenizer_config.json"
-            )
-        self.use_chat_template = has_template and chat_template != "off"
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         if self.pad_id is None:
             self.pad_id = 0
-        self.eos_ids = self._eos_ids()
-        cfg = self.model.config
-        self.max_length = max_length or getattr(cfg, "max_position_embeddings", None) or 4096
         self._cache_kw = (
             "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         )
@@ -118,19 +106,14 @@ class HFBackend(Backend):
         self._fingerprint: str | None = None
         self._warned_truncation = False
 
-    def _eos_ids(self) -> set[int]:
-        ids: set[int] = set()
-        gen = getattr(self.model, "generation_config", None)
-        for source in (
-            getattr(gen, "eos_token_id", None),
-            self.model.config.eos_token_id,
-            self.tokenizer.eos_token_id,
-        ):
-            if isinstance(source, int):
-                ids.add(source)
-            elif isinstance(source, (list, tuple)):
-                ids.update(int(x) for x in source)
-        return ids
+    @property
+    def max_length(self) -> int:
+        """Longest prompt plus answer in tokens (the codec's: both backends truncate alike)."""
+        return self.codec.max_length
+
+    @max_length.setter
+    def max_length(self, value: int) -> None:
+        self.codec.max_length = value
 
     # -- weights -----------------------------------------------------------------------------------
     @torch.no_grad()
@@ -179,24 +162,19 @@ class HFBackend(Backend):
 
     @property
     def signature(self) -> str:  # noqa: D102
-        template = getattr(self.tokenizer, "chat_template", None) if self.use_chat_template else None
-        parts = (template, dtype_name(self.dtype), self.max_length, len(self.tokenizer), sorted(self.eos_ids))
+        template, max_length, vocab, eos = self.codec.signature_parts()
+        parts = (template, dtype_name(self.dtype), max_length, vocab, eos)
         blob = "|".join(map(str, parts))
         return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
 
     # -- prompts -----------------------------------------------------------------------------------
     def prompt_text(self, prompt: Prompt) -> str:
         """The text fed to the model for a prompt (chat template applied when in use)."""
-        if self.use_chat_template:
-            return self.tokenizer.apply_chat_template(
-                as_messages(prompt), tokenize=False, add_generation_prompt=True
-            )
-        return prompt if isinstance(prompt, str) else render_plain(prompt)
+        return self.codec.prompt_text(prompt)
 
     def encode(self, prompt: Prompt) -> list[int]:
         """Token ids of a prompt (special tokens as the template or the tokenizer adds them)."""
-        text = self.prompt_text(prompt)
-        return list(self.tokenizer(text, add_special_tokens=not self.use_chat_template)["input_ids"])
+        return self.codec.encode(prompt)
 
     def _fit(self, ids: list[int], room: int) -> list[int]:
         keep = max(1, self.max_length - room)
@@ -208,7 +186,7 @@ class HFBackend(Backend):
                 stacklevel=3,
             )
             self._warned_truncation = True
-        return ids[-keep:]
+        return self.codec.fit(ids, room)
 
     def _forward(self, **kwargs: Any) -> tuple[torch.Tensor, Any]:
         cache = kwargs.pop("cache", None)
@@ -307,7 +285,7 @@ class HFBackend(Backend):
         return [t or "" for t in texts]
 
     def _decode(self, ids: list[int], stop: Sequence[str]) -> str:
-        return cut_at_stop(self.tokenizer.decode(ids, skip_special_tokens=True), stop)
+        return self.codec.decode(ids, stop)
 
     # -- scoring -----------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -326,7 +304,7 @@ class HFBackend(Backend):
             raise RuntimeError("no model loaded; call load() first")
         seqs: list[tuple[list[int], int]] = []
         for ctx, cont in requests:
-            cont_ids = list(self.tokenizer(cont, add_special_tokens=False)["input_ids"])
+            cont_ids = self.codec.continuation_ids(cont)
             ctx_ids = self._fit(self.encode(ctx), len(cont_ids))
             seqs.append((ctx_ids + cont_ids, len(cont_ids)))
         out = [0.0] * len(seqs)

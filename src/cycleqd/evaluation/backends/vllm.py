@@ -76,6 +76,9 @@ class VLLMBackend(Backend):
         self.model_dir = Path(model_dir)
         self.codec = PromptCodec(self.model_dir, chat_template=chat_template, max_length=max_length)
         target = parse_dtype(dtype)
+        # Cached prefixes hold keys and values computed with the previous child's weights: they are
+        # used only where the engine can drop them after each load.
+        extra = {} if hasattr(LLM, "reset_prefix_cache") else {"enable_prefix_caching": False}
         self.llm = LLM(
             model=str(self.model_dir),
             tokenizer=str(self.model_dir),
@@ -84,6 +87,7 @@ class VLLMBackend(Backend):
             gpu_memory_utilization=gpu_memory_utilization,
             enforce_eager=enforce_eager,
             seed=0,
+            **extra,
         )
         self.dtype = target
         self._fingerprint: str | None = None
@@ -108,8 +112,11 @@ class VLLMBackend(Backend):
         self._fingerprint = None
         items = [(name, weights[name]) for name in weights]
         self._apply(lambda model: model.load_weights(iter(items)))
-        if hasattr(self.llm, "reset_prefix_cache"):
-            self.llm.reset_prefix_cache()
+        if hasattr(self.llm, "reset_prefix_cache") and self.llm.reset_prefix_cache() is False:
+            raise RuntimeError(
+                "vLLM could not clear its prefix cache after new weights were loaded (requests still "
+                "running?); its cached keys and values belong to the previous model, so scores would be wrong"
+            )
         self._fingerprint = fingerprint
 
     @property
