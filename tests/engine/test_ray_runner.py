@@ -18,9 +18,20 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 GENERATIONS = 14
 
 
-def _worker_pids() -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines()[1:] if "ray::CycleQDWorker" in line]
+def _worker_pids(root: int) -> list[int]:
+    """Pids of the Ray workers that descend from process ``root`` (this test's run, no other)."""
+    out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+    rows = [line.split(None, 2) for line in out.splitlines()[1:]]
+    parent = {int(r[0]): int(r[1]) for r in rows}
+
+    def descends(pid: int) -> bool:
+        while pid > 1:
+            if pid == root:
+                return True
+            pid = parent.get(pid, 0)
+        return False
+
+    return [int(r[0]) for r in rows if len(r) == 3 and "ray::CycleQDWorker" in r[2] and descends(int(r[0]))]
 
 
 def _result(run: Path) -> dict:
@@ -81,7 +92,7 @@ def test_a_killed_worker_does_not_lose_the_run(tmp_path: Path, reference: Path) 
     killed = None
     while time.monotonic() < deadline and proc.poll() is None:
         if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
-            pids = _worker_pids()
+            pids = _worker_pids(proc.pid)
             if pids:
                 killed = pids[0]
                 os.kill(killed, signal.SIGKILL)
