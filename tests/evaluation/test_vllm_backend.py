@@ -43,3 +43,9 @@ def test_same_answers_as_the_hf_backend_before_and_after_a_weight_update(tmp_pat
         )
         pairs = [("Q:1+1 A:", "2"), ("ab", "cd")]
         assert vl.loglikelihood(pairs) == pytest.approx(hf.loglikelihood(pairs), abs=1e-3)
+    # A child without one of the base's tensors is refused, naming it, as vLLM's own loader would.
+    partial = {n: t for n, t in weights.items() if n != "model.layers.0.mlp.down_proj.weight"}
+    with pytest.raises(ValueError, match=r"left 1 parameter\(s\) of the vLLM model unset: .*down_proj"):
+        vl.load(partial, fingerprint="partial")
+    with pytest.raises(RuntimeError, match="no model loaded"):
+        vl.generate(PROMPTS[:1], max_new_tokens=4)

@@ -93,12 +93,12 @@ class VLLMBackend(Backend):
         self._fingerprint: str | None = None
 
     # -- weights -----------------------------------------------------------------------------------
-    def _apply(self, fn: Callable[[torch.nn.Module], Any]) -> Any:
-        """Run ``fn`` on the engine's model (newer vLLM: ``apply_model``; older: the driver worker)."""
+    def _apply(self, fn: Callable[[torch.nn.Module], Any]) -> list[Any]:
+        """Run ``fn`` on the engine's model; one result per worker (``apply_model``, or older vLLM's)."""
         if hasattr(self.llm, "apply_model"):
-            return self.llm.apply_model(fn)
+            return list(self.llm.apply_model(fn))
         model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
-        return fn(model)
+        return [fn(model)]
 
     def load(self, weights: Mapping[str, torch.Tensor], *, fingerprint: str) -> None:
         """Load a model's weights into the engine in place, through vLLM's own weight loader.
@@ -106,12 +106,27 @@ class VLLMBackend(Backend):
         Args:
             weights: Tensors named as in the Hugging Face checkpoint.
             fingerprint: Identity of the weights; loading the current fingerprint again does nothing.
+
+        Raises:
+            ValueError: When the weights left parameters of the engine's model unset (the check vLLM's
+                own loader makes at start-up; the backend then holds no valid model).
         """
         if fingerprint == self._fingerprint:
             return
         self._fingerprint = None
         items = [(name, weights[name]) for name in weights]
-        self._apply(lambda model: model.load_weights(iter(items)))
+
+        def load_and_list_unset(model: torch.nn.Module) -> list[str]:
+            expected = {name for name, _ in model.named_parameters()}
+            loaded = model.load_weights(iter(items))  # the names it set (None from older models)
+            return [] if loaded is None else sorted(expected - set(loaded))
+
+        unset = sorted({name for names in self._apply(load_and_list_unset) for name in names})
+        if unset:
+            raise ValueError(
+                f"the weights left {len(unset)} parameter(s) of the vLLM model unset: "
+                f"{', '.join(unset[:5])}; a child must hold every tensor of the base model"
+            )
         if hasattr(self.llm, "reset_prefix_cache") and self.llm.reset_prefix_cache() is False:
             raise RuntimeError(
                 "vLLM could not clear its prefix cache after new weights were loaded (requests still "
