@@ -142,7 +142,7 @@ def weighted_sum(
     direct = out_dtype == torch.float32
     acc_buf = None if direct else _buffer("acc", min(step, n), torch.float32, dev)
     # bf16/fp16 inputs are upcast block by block (exactly) into a scratch buffer: multiplying in bf16
-    # would round, and a float32 add of an upcast block is faster than the mixed-dtype kernel.
+    # would round, and a float32 add of an upcast block is no slower than the mixed-dtype kernel.
     scratch = _buffer("upcast", min(step, n), torch.float32, dev)
     lr_buf = None
     if low_rank is not None and low_rank_dtype != torch.float32:
