@@ -177,16 +177,15 @@ class HFBackend(Backend):
         return self.codec.encode(prompt)
 
     def _fit(self, ids: list[int], room: int) -> list[int]:
-        keep = max(1, self.max_length - room)
-        if len(ids) <= keep:
-            return ids
-        if not self._warned_truncation:
+        fitted = self.codec.fit(ids, room)
+        if len(fitted) < len(ids) and not self._warned_truncation:
             warnings.warn(
-                f"prompts longer than {keep} tokens lose their beginning (max_length {self.max_length})",
+                f"prompts longer than {len(fitted)} tokens lose their beginning "
+                f"(max_length {self.max_length})",
                 stacklevel=3,
             )
             self._warned_truncation = True
-        return self.codec.fit(ids, room)
+        return fitted
 
     def _forward(self, **kwargs: Any) -> tuple[torch.Tensor, Any]:
         cache = kwargs.pop("cache", None)
