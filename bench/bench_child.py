@@ -14,7 +14,11 @@ Three measurements, each in a fresh subprocess (so peak memory is the process's 
   memory (same formulas, same expert SVD factors, the low-rank term multiplied in bfloat16 for a
   bfloat16 child as cycleqd does);
 - the floor set by memory bandwidth: the bytes that must move (read both parents, write the child) over
-  the copy bandwidth this machine measures for a large tensor.
+  the copy bandwidth this machine measures for a large tensor;
+- the floor set by arithmetic: the floating-point operations of the rank-k mutation products
+  (2·k per mutated entry) over the best matrix-product rate this machine measures (a square product
+  in the dtype the builder multiplies in). Whichever floor is higher bounds the build from below: on
+  a CPU with few cores the arithmetic floor can exceed the bandwidth floor.
 
 The two children are compared tensor by tensor (they agree within float rounding). Models are made
 from a config (no download) under bench/out/child-<size>-<dtype>/ and reused on later runs.
@@ -167,6 +171,29 @@ def copy_bandwidth() -> float:
     return 2 * src.numel() * 4 / best
 
 
+def product_rate(dtype: torch.dtype) -> float:
+    """Floating-point operations per second of a 2048 x 2048 x 2048 matrix product, best of 5."""
+    n = 2048
+    x, y = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    out = torch.empty(n, n, dtype=dtype)
+    torch.mm(x, y, out=out)
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        torch.mm(x, y, out=out)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def _product_dtype(dtype: str) -> torch.dtype:
+    """The dtype ChildBuilder multiplies a low-rank mutation in, on this machine, for a child in ``dtype``."""
+    from cycleqd.engine.jobs import _low_rank_dtype
+    from cycleqd.operators.blocked import native_bf16_matmul
+
+    want = _low_rank_dtype(getattr(torch, dtype))
+    return want if want == torch.float32 or native_bf16_matmul(torch.device("cpu")) else torch.float32
+
+
 def _child(args: list[str]) -> dict:
     proc = subprocess.run(
         [sys.executable, __file__, *args], capture_output=True, text=True, check=False, env={**os.environ}
@@ -178,6 +205,7 @@ def _child(args: list[str]) -> dict:
 
 def compare(folder: Path, rtol: float) -> dict:
     """How far apart the two children are (``rtol``: one storage rounding step), and the model's size."""
+    from cycleqd.operators import is_mutable
     from cycleqd.weights import open_model
 
     base = open_model(folder / "base")
@@ -185,6 +213,7 @@ def compare(folder: Path, rtol: float) -> dict:
         **compare_models(folder / "child-streaming", folder / "child-in-memory", rtol=rtol, atol=1e-6),
         "model_bytes": sum(base.numel(n) * base.dtype(n).itemsize for n in base),
         "n_params": sum(base.numel(n) for n in base),
+        "mutated_entries": sum(base.numel(n) for n in base if is_mutable(n, len(base.shape(n)), SKIP)),
     }
 
 
@@ -212,7 +241,7 @@ def main() -> None:
             _svd_cache(folder, args.rank)
             result = {"folder": str(folder)}
         elif args.measure == "bandwidth":
-            result = {"bandwidth": copy_bandwidth()}
+            result = {"bandwidth": copy_bandwidth(), "flops": product_rate(_product_dtype(args.dtype))}
         elif args.measure == "compare":
             result = compare(folder, _ulp(args.dtype))
         else:
@@ -237,19 +266,30 @@ def main() -> None:
     idle = _child(["--measure", "idle", *common])["peak"]
     ours = _child(["--measure", "streaming", *common, "--save", str(folder / "child-streaming")])
     theirs = _child(["--measure", "in-memory", *common, "--save", str(folder / "child-in-memory")])
-    bandwidth = _child(["--measure", "bandwidth", *common])["bandwidth"]
+    machine = _child(["--measure", "bandwidth", *common])
+    bandwidth, rate = machine["bandwidth"], machine["flops"]
     info = _child(["--measure", "compare", *common])
     model_bytes = info["model_bytes"]
     must_move = 3 * model_bytes  # read two parents, write the child
     floor = must_move / bandwidth
+    flops = 2 * args.rank * info["mutated_entries"]  # U (m x k) times V (k x n): 2k per entry
+    arithmetic = flops / rate
     ulp = _ulp(args.dtype)
 
     print(f"\n{args.size} Llama, {info['n_params'] / 1e9:.2f}B parameters, {args.dtype}: ", end="")
     print(f"one model = {model_bytes / 1e9:.2f} GB")
     print(f"svd-expert mutation of rank {args.rank} on {ours['mutated']} matrices; {args.threads} threads")
     print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s; bytes that must move {must_move / 1e9:.2f} GB")
+    print(
+        f"matrix-product rate {rate / 1e9:.0f} GFLOP/s ({_product_dtype(args.dtype)}, 2048^3); "
+        f"the rank-{args.rank} mutation needs {flops / 1e9:.1f} GFLOP"
+    )
     print(f"libraries alone: {idle / 1e9:.2f} GB peak RSS\n")
-    print(f"{'path':<28}{'time s':>9}{'vs floor':>10}{'peak RSS GB':>13}{'(- libs)':>10}{'x model':>9}")
+    both = max(floor, arithmetic)
+    print(
+        f"{'path':<28}{'time s':>9}{'vs floor':>10}{'vs both':>9}"
+        f"{'peak RSS GB':>13}{'(- libs)':>10}{'x model':>9}"
+    )
     rows = [
         ("streaming, first child", {**ours, "seconds": ours["first"]}),
         ("streaming, steady state", ours),
@@ -258,10 +298,12 @@ def main() -> None:
     for label, r in rows:
         extra = r["peak"] - idle
         print(
-            f"{label:<28}{r['seconds']:>9.2f}{r['seconds'] / floor:>9.2f}x{r['peak'] / 1e9:>13.2f}"
-            f"{extra / 1e9:>10.2f}{extra / model_bytes:>8.2f}x"
+            f"{label:<28}{r['seconds']:>9.2f}{r['seconds'] / floor:>9.2f}x{r['seconds'] / both:>8.2f}x"
+            f"{r['peak'] / 1e9:>13.2f}{extra / 1e9:>10.2f}{extra / model_bytes:>8.2f}x"
         )
-    print(f"{'bandwidth floor':<28}{floor:>9.2f}{1.0:>9.2f}x")
+    print(f"{'bandwidth floor':<28}{floor:>9.2f}{1.0:>9.2f}x{floor / both:>8.2f}x")
+    print(f"{'arithmetic floor':<28}{arithmetic:>9.2f}{arithmetic / floor:>9.2f}x{arithmetic / both:>8.2f}x")
+    print("(vs floor: against the bandwidth floor; vs both: against the higher of the two floors)")
     print(
         f"\nstreaming (steady state) vs in-memory: {theirs['seconds'] / ours['seconds']:.1f}x faster, "
         f"{(theirs['peak'] - idle) / max(ours['peak'] - idle, 1):.1f}x less memory above the libraries"
