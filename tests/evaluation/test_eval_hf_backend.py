@@ -149,3 +149,25 @@ def test_long_prompts_keep_their_end(backend: HFBackend) -> None:
     finally:
         backend.max_length = backend_max
     assert long == short
+
+
+def test_close_frees_the_model_and_the_evaluator_closes_its_cache(tiny_model: Path, tmp_path: Path) -> None:
+    import sqlite3
+
+    from cycleqd.evaluation import Evaluator, ResultCache
+
+    b = HFBackend(tiny_model, dtype="float32")
+    source = open_model(tiny_model)
+    b.load(source, fingerprint="base")
+    cache = ResultCache(tmp_path / "cache.sqlite")
+    evaluator = Evaluator([], b, cache=cache)
+    evaluator.close()
+    assert b.model is None
+    assert b.fingerprint is None
+    with pytest.raises(RuntimeError, match="no model loaded"):
+        b.generate(["hello"], max_new_tokens=2)
+    with pytest.raises(RuntimeError, match="this backend was closed; build a new one"):
+        b.load(source, fingerprint="base")
+    with pytest.raises(sqlite3.ProgrammingError):
+        len(cache)
+    b.close()  # closing twice does nothing

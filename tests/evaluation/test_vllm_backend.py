@@ -49,3 +49,11 @@ def test_same_answers_as_the_hf_backend_before_and_after_a_weight_update(tmp_pat
         vl.load(partial, fingerprint="partial")
     with pytest.raises(RuntimeError, match="no model loaded"):
         vl.generate(PROMPTS[:1], max_new_tokens=4)
+    # Closing the engine hands its GPU memory (weights and KV cache, 30% of the GPU) back.
+    hf.close()
+    free_open, _ = torch.cuda.mem_get_info()
+    vl.close()
+    free_closed, total = torch.cuda.mem_get_info()
+    assert free_closed - free_open > 0.2 * total
+    with pytest.raises(RuntimeError, match="this backend was closed"):
+        vl.load(weights, fingerprint="base")

@@ -341,7 +341,9 @@ class Engine:
     def _release_evaluator(self) -> None:
         if self._evaluator is None:
             return
-        self._evaluator = None
+        evaluator, self._evaluator = self._evaluator, None
+        evaluator.close()  # a vLLM engine keeps its GPU memory until it is shut down
+        del evaluator
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

@@ -146,6 +146,12 @@ class Backend(ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} cannot score continuations")
 
+    def close(self) -> None:  # noqa: B027 - optional hook: backends holding nothing need no close
+        """Free what the backend holds (its resident model, an inference engine and its GPU memory).
+
+        The backend answers no further queries; closing twice does nothing.
+        """
+
 
 class Task(ABC):
     """A skill that scores the backend's current model on a split.

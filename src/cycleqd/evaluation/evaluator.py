@@ -38,6 +38,12 @@ class Evaluator:
         self.cache = cache
         self._prepared: set[tuple[str, str]] = set()
 
+    def close(self) -> None:
+        """Close the backend (freeing its model) and the result cache; the evaluator is done."""
+        self.backend.close()
+        if self.cache is not None:
+            self.cache.close()
+
     @property
     def tasks(self) -> dict[str, Task]:
         """Tasks by name, in order."""

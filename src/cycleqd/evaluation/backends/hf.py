@@ -130,6 +130,8 @@ class HFBackend(Backend):
         """
         if fingerprint == self._fingerprint:
             return
+        if self.model is None:
+            raise RuntimeError("this backend was closed; build a new one to load a model")
         self._fingerprint = None
         names = list(weights)
         unknown = [n for n in names if n not in self._targets]
@@ -151,6 +153,14 @@ class HFBackend(Backend):
         if missing:
             raise ValueError(f"weights lack {len(missing)} tensor(s) of the model: {', '.join(missing[:5])}")
         self._fingerprint = fingerprint
+
+    def close(self) -> None:
+        """Drop the resident model (and its device memory); the backend answers no more queries."""
+        self.model = None
+        self._targets = {}
+        self._fingerprint = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     @property
     def fingerprint(self) -> str | None:  # noqa: D102

@@ -14,6 +14,7 @@ of their kernels.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -113,6 +114,8 @@ class VLLMBackend(Backend):
         """
         if fingerprint == self._fingerprint:
             return
+        if self.llm is None:
+            raise RuntimeError("this backend was closed; build a new one to load a model")
         self._fingerprint = None
         items = [(name, weights[name]) for name in weights]
 
@@ -133,6 +136,26 @@ class VLLMBackend(Backend):
                 "running?); its cached keys and values belong to the previous model, so scores would be wrong"
             )
         self._fingerprint = fingerprint
+
+    def close(self) -> None:
+        """Shut the engine down and free its GPU memory (weights and KV cache).
+
+        Dropping the last reference is not enough with every vLLM version: the engine core keeps the
+        memory until it is shut down. ``LLM.shutdown`` is used where it exists, else the engine core's.
+        """
+        llm, self.llm = self.llm, None
+        self._fingerprint = None
+        if llm is None:
+            return
+        shutdown = getattr(llm, "shutdown", None)
+        if shutdown is None:
+            core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+            shutdown = getattr(core, "shutdown", None)
+        if callable(shutdown):
+            shutdown()
+        del llm
+        gc.collect()
+        torch.cuda.empty_cache()
 
     @property
     def fingerprint(self) -> str | None:  # noqa: D102
