@@ -12,7 +12,8 @@ Three measurements, each in a fresh subprocess (so peak memory is the process's 
 - ``in-memory``: what the official code does: load the base and both parents whole with
   ``transformers.AutoModelForCausalLM.from_pretrained``, form the task vectors, merge and mutate in
   memory (same formulas, same expert SVD factors, the low-rank term multiplied in bfloat16 for a
-  bfloat16 child as cycleqd does);
+  bfloat16 child as cycleqd does, in float32 and rounded where the CPU has no bfloat16 instructions,
+  as cycleqd does too);
 - the floor set by memory bandwidth: the bytes that must move (read both parents, write the child) over
   the copy bandwidth this machine measures for a large tensor;
 - the floor set by arithmetic: the floating-point operations of the rank-k mutation products
@@ -125,6 +126,7 @@ def run_in_memory(folder: Path, rank: int, save: Path | None) -> dict:
     from transformers import AutoModelForCausalLM
 
     from cycleqd.operators import ExpertSVDCache, draw_crossover, is_mutable
+    from cycleqd.operators.blocked import native_bf16_matmul
     from cycleqd.operators.random import make_generator
     from cycleqd.seeding import derive_seed
     from cycleqd.weights import save_model
@@ -134,6 +136,8 @@ def run_in_memory(folder: Path, rank: int, save: Path | None) -> dict:
     plan = draw_crossover(generator=make_generator(job.seed, "crossover"), n_parents=2, mean=1.0, std=0.01)
     w1, w2 = plan.weights["all"]
     cache = ExpertSVDCache(folder / f"svd-r{rank}", rank=rank)
+    # torch's bfloat16 product is a slow generic loop on CPUs without bfloat16 matrix instructions
+    native = native_bf16_matmul(torch.device("cpu"))
     start = time.perf_counter()
     base, p1, p2 = (
         AutoModelForCausalLM.from_pretrained(folder / n, dtype="auto").state_dict()
@@ -148,8 +152,10 @@ def run_in_memory(folder: Path, rank: int, save: Path | None) -> dict:
             f = cache.get(name)
             r = torch.rand(f.S.shape, generator=make_generator(seed, name)) * 0.1
             a, v = f.U * (r * f.S).unsqueeze(0), f.Vh
-            if b.dtype == torch.bfloat16:  # the product cycleqd takes for a bfloat16 child
+            if b.dtype == torch.bfloat16 and native:  # the product cycleqd takes for a bfloat16 child
                 tau += (a.bfloat16() @ v.bfloat16()).float()
+            elif b.dtype == torch.bfloat16:  # the same product where bfloat16 products are not native
+                tau += (a.bfloat16().float() @ v.bfloat16().float()).bfloat16().float()
             else:
                 tau += a @ v
         child[name] = (b32 + tau).to(b.dtype)
