@@ -246,7 +246,7 @@ def main() -> None:
             folder = _models(args.size, args.dtype)
             _svd_cache(folder, args.rank)
             result = {"folder": str(folder)}
-        elif args.measure == "bandwidth":
+        elif args.measure == "machine":
             result = {"bandwidth": copy_bandwidth(), "flops": product_rate(_product_dtype(args.dtype))}
         elif args.measure == "compare":
             result = compare(folder, _ulp(args.dtype))
@@ -272,7 +272,7 @@ def main() -> None:
     idle = _child(["--measure", "idle", *common])["peak"]
     ours = _child(["--measure", "streaming", *common, "--save", str(folder / "child-streaming")])
     theirs = _child(["--measure", "in-memory", *common, "--save", str(folder / "child-in-memory")])
-    machine = _child(["--measure", "bandwidth", *common])
+    machine = _child(["--measure", "machine", *common])
     bandwidth, rate = machine["bandwidth"], machine["flops"]
     info = _child(["--measure", "compare", *common])
     model_bytes = info["model_bytes"]
