@@ -180,10 +180,10 @@ class RayRunner(Runner):
         self._retries: dict[int, int] = {}
         self.restarts = 0
         self._start_timeout_s = start_timeout_s
-        self._resources = {"cpus_per_worker": cpus_per_worker, "gpus_per_worker": gpus_per_worker}
+        self._per_worker = (cpus_per_worker, gpus_per_worker)
         for _ in range(workers):
             self._idle.append(self._start_worker())
-        self._wait_started(start_timeout_s, workers=workers, **self._resources)
+        self._wait_started()
 
     @classmethod
     def from_engine(cls, engine: Engine, state: RunState) -> RayRunner:
@@ -214,16 +214,12 @@ class RayRunner(Runner):
     def _io(self, actor: Any, method: str) -> Any:
         return getattr(actor, method).options(concurrency_group=_IO_GROUP)
 
-    def _wait_started(
-        self,
-        timeout: float,
-        *,
-        workers: int,
-        cpus_per_worker: float,
-        gpus_per_worker: float,
-        names: list[str] | None = None,
-    ) -> None:
+    def _wait_started(self, names: list[str] | None = None) -> None:
+        """Wait (``start_timeout_s``) until the named workers, or all, answer; else close and raise."""
         ray = self._ray
+        timeout = self._start_timeout_s
+        workers = self.slots
+        cpus_per_worker, gpus_per_worker = self._per_worker
         waited = names if names is not None else list(self._workers)
         refs = [self._io(self._workers[n], "pid").remote() for n in waited]
         what = (
@@ -268,9 +264,7 @@ class RayRunner(Runner):
             self.restarts += 1
             # Wait until the replacement is up: one that cannot be placed (a lost node) would
             # otherwise hold its job for ever.
-            self._wait_started(
-                self._start_timeout_s, workers=self.slots, names=[replacement], **self._resources
-            )
+            self._wait_started(names=[replacement])
         for j in sorted(lost, key=lambda j: j.generation, reverse=True):
             tries = self._retries.get(j.generation, 0) + 1
             if tries > self._max_retries:
