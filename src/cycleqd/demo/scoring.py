@@ -47,8 +47,8 @@ class Scorer:
         spec = EvaluationSpec.model_validate(dict(evaluation))
         built = build_tasks([TaskSpec.model_validate(dict(t)) for t in tasks], root=root, evaluation=spec)
         self.names = [t.name for t in built]
-        self._cache = ResultCache(cache_file)
-        self.evaluator = Evaluator(built, build_backend(spec, model_dir=base_dir), cache=self._cache)
+        backend = build_backend(spec, model_dir=base_dir)
+        self.evaluator = Evaluator(built, backend, cache=ResultCache(cache_file))
 
     def prepare(self) -> None:
         """Check every task's data and reference answers (before long work)."""
@@ -77,5 +77,5 @@ class Scorer:
         return self.scores(open_model(folder), split=split)
 
     def close(self) -> None:
-        """Close the result cache."""
-        self._cache.close()
+        """Close the evaluator: its resident model and the result cache."""
+        self.evaluator.close()

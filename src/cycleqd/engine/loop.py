@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import gc
 import json
 import os
 import shutil
@@ -342,11 +341,7 @@ class Engine:
         if self._evaluator is None:
             return
         evaluator, self._evaluator = self._evaluator, None
-        evaluator.close()  # a vLLM engine keeps its GPU memory until it is shut down
-        del evaluator
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        evaluator.close()  # frees the backend's model (a vLLM engine keeps its memory until shut down)
 
     def _scores(self, weights: Mapping[str, torch.Tensor], fingerprint: str, split: str) -> dict[str, float]:
         results = self.evaluator.evaluate(weights, fingerprint=fingerprint, split=split)

@@ -152,8 +152,7 @@ def evaluate_model(
                 )
             )
     finally:
-        if cache is not None:
-            cache.close()
+        evaluator.close()
     return EvalReport(
         split=split,
         results=results,

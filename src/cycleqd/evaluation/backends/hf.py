@@ -10,6 +10,7 @@ token, at a stop string (cut, not included) or at ``max_new_tokens``.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import inspect
 import warnings
@@ -160,6 +161,7 @@ class HFBackend(Backend):
         self._targets = {}
         self._fingerprint = None
         if self.device.type == "cuda":
+            gc.collect()
             torch.cuda.empty_cache()
 
     @property

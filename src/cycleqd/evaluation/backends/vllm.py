@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,7 @@ class VLLMBackend(Backend):
                 f"the weights left {len(unset)} parameter(s) of the vLLM model unset: "
                 f"{', '.join(unset[:5])}; a child must hold every tensor of the base model"
             )
+        # Versions whose reset reports failure return False; those that return nothing cannot be checked.
         if hasattr(self.llm, "reset_prefix_cache") and self.llm.reset_prefix_cache() is False:
             raise RuntimeError(
                 "vLLM could not clear its prefix cache after new weights were loaded (requests still "
@@ -153,6 +155,13 @@ class VLLMBackend(Backend):
             shutdown = getattr(core, "shutdown", None)
         if callable(shutdown):
             shutdown()
+        else:
+            warnings.warn(
+                "this vLLM has neither LLM.shutdown nor an engine core to shut down: its GPU memory may "
+                "stay taken until the process ends (a vLLM with the V1 engine frees it)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         del llm
         gc.collect()
         torch.cuda.empty_cache()
