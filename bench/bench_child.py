@@ -247,7 +247,8 @@ def main() -> None:
             _svd_cache(folder, args.rank)
             result = {"folder": str(folder)}
         elif args.measure == "machine":
-            result = {"bandwidth": copy_bandwidth(), "flops": product_rate(_product_dtype(args.dtype))}
+            dt = _product_dtype(args.dtype)
+            result = {"bandwidth": copy_bandwidth(), "flops": product_rate(dt), "product_dtype": str(dt)}
         elif args.measure == "compare":
             result = compare(folder, _ulp(args.dtype))
         else:
@@ -287,7 +288,7 @@ def main() -> None:
     print(f"svd-expert mutation of rank {args.rank} on {ours['mutated']} matrices; {args.threads} threads")
     print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s; bytes that must move {must_move / 1e9:.2f} GB")
     print(
-        f"matrix-product rate {rate / 1e9:.0f} GFLOP/s ({_product_dtype(args.dtype)}, 2048^3); "
+        f"matrix-product rate {rate / 1e9:.0f} GFLOP/s ({machine['product_dtype']}, 2048^3); "
         f"the rank-{args.rank} mutation needs {flops / 1e9:.1f} GFLOP"
     )
     print(f"libraries alone: {idle / 1e9:.2f} GB peak RSS\n")
