@@ -84,8 +84,6 @@ class HFBackend(Backend):
         # loads: a wrong chat_template setting fails fast).
         self.codec = PromptCodec(self.model_dir, chat_template=chat_template, max_length=max_length)
         self.tokenizer = self.codec.tokenizer
-        self.use_chat_template = self.codec.use_chat_template
-        self.eos_ids = self.codec.eos_ids
         target = parse_dtype(dtype)
         if target is None and self.device.type == "cpu":
             target = torch.float32
@@ -106,6 +104,16 @@ class HFBackend(Backend):
         self._targets = dict(self.model.state_dict(keep_vars=True))
         self._fingerprint: str | None = None
         self._warned_truncation = False
+
+    @property
+    def use_chat_template(self) -> bool:
+        """Whether prompts go through the tokenizer's chat template (the codec's setting)."""
+        return self.codec.use_chat_template
+
+    @property
+    def eos_ids(self) -> set[int]:
+        """Token ids that end a completion (the codec's)."""
+        return self.codec.eos_ids
 
     @property
     def max_length(self) -> int:
@@ -263,7 +271,7 @@ class HFBackend(Backend):
             for b, row in enumerate(alive):
                 tok = chosen[b]
                 if tok in self.eos_ids:
-                    texts[row] = self._decode(generated[row], stop)
+                    texts[row] = self.codec.decode(generated[row], stop)
                     continue
                 generated[row].append(tok)
                 if stop:
@@ -271,7 +279,7 @@ class HFBackend(Backend):
                         generated[row][-(longest_stop + 8) :], skip_special_tokens=True
                     )
                     if any(s in tail for s in stop):
-                        texts[row] = self._decode(generated[row], stop)
+                        texts[row] = self.codec.decode(generated[row], stop)
                         continue
                 keep_idx.append(b)
             if not keep_idx or step == max_new_tokens - 1:
@@ -292,11 +300,8 @@ class HFBackend(Backend):
             next_pos = next_pos + 1
         for row in range(n):
             if texts[row] is None:
-                texts[row] = self._decode(generated[row], stop)
+                texts[row] = self.codec.decode(generated[row], stop)
         return [t or "" for t in texts]
-
-    def _decode(self, ids: list[int], stop: Sequence[str]) -> str:
-        return self.codec.decode(ids, stop)
 
     # -- scoring -----------------------------------------------------------------------------------
     @torch.inference_mode()
