@@ -19,7 +19,7 @@ TARGETS = {
     "product": (1, lambda x: 2.0 * x[:, 1] * x[:, 2]),
     "abs": (2, lambda x: 2.0 * x[:, 3].abs() - 1.0),
 }
-SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
+SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2, "select": 3}
 
 
 def inputs(split: str, n: int = 512) -> torch.Tensor:
@@ -52,6 +52,7 @@ class Regression(Task):
     """
 
     needs_text = False
+    offered_splits = ("validation", "select", "test")
 
     def __init__(self, *, name: str, target: str, points: int = 512) -> None:
         super().__init__(name=name)

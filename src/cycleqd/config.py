@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cycleqd.errors import ConfigError
 from cycleqd.evaluation.spec import EvaluationSpec, TaskSpec
+from cycleqd.presets import apply_preset
 from cycleqd.validation import validation_lines
 
 
@@ -101,20 +102,64 @@ class SelectionConfig(_Strict):
 
 
 class CrossoverConfig(_Strict):
-    """Crossover ω ~ N(mean, std²) per parent (per layer group with ``per_layer``)."""
+    """Crossover ω ~ N(mean, std²) per parent (per layer group with ``per_layer``).
+
+    Attributes:
+        mean: μ of ω (official code: 1).
+        std: σ of ω (official code: 0.01).
+        per_layer: One draw per parent and layer group.
+        layer_std: With ``per_layer``: each group's ω is the model-wise draw plus N(0, layer_std²), so
+            layers spread around one model-wise balance (``null``: independent draws per group).
+        scale_std: σ of log s, where the drawn scale s = exp(N(0, scale_std²)) multiplies the child's
+            task vector, so coefficients need not sum to 1 (0: the paper's crossover).
+        method: Merge method of the library that combines the parents' task vectors with the drawn
+            weights (``linear`` is the paper's; ``ties``, ``dare_ties``, ``dare_linear`` sparsify).
+        params: The method's parameters (``density``, ``lambda``, ``consensus`` ...).
+    """
 
     mean: float = 1.0
     std: float = Field(0.01, ge=0.0)
     per_layer: bool = False
+    layer_std: float | None = Field(None, ge=0.0)
+    scale_std: float = Field(0.0, ge=0.0, le=2.0)
+    method: str = "linear"
+    params: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _away_from_zero(self) -> CrossoverConfig:
         # ω1 + ω2 ~ N(2μ, 2σ²) must stay away from 0, or the normalised weights explode.
-        if abs(self.mean) <= 3 * self.std or self.mean == 0:
+        spread = (self.std**2 + (self.layer_std or 0.0) ** 2) ** 0.5
+        if abs(self.mean) <= 3 * spread or self.mean == 0:
             raise ValueError(
-                f"mean ({self.mean}) must be more than 3 std ({self.std}) away from 0, or the sum of the "
-                "drawn weights can come close to 0; the official code uses mean 1, std 0.01"
+                f"mean ({self.mean}) must be more than 3 std ({spread:.3g}, layer_std included) away "
+                "from 0, or the sum of the drawn weights can come close to 0; the official code uses "
+                "mean 1, std 0.01"
             )
+        if self.layer_std is not None and not self.per_layer:
+            raise ValueError("layer_std applies to per-layer crossover; set per_layer: true as well")
+        return self
+
+    @model_validator(mode="after")
+    def _method(self) -> CrossoverConfig:
+        from cycleqd.operators.merge import MERGE_METHODS
+        from cycleqd.operators.merge.registry import check_parameter
+
+        method = MERGE_METHODS.get(self.method)
+        if method is None:
+            raise ValueError(
+                f"method: unknown merge method {self.method!r}; choose one of {', '.join(MERGE_METHODS)}"
+            )
+        if method.n_models not in (None, 2):
+            raise ValueError(
+                f"method: {self.method} merges {method.n_models} model(s) with the base; "
+                "a crossover merges two parents"
+            )
+        for key, value in self.params.items():
+            if key == "weight":
+                raise ValueError("params: weight is drawn by the crossover (mean, std); remove it")
+            problem = check_parameter(method, key, value, per_model=False)
+            if problem is not None:
+                raise ValueError(f"params: {problem}")
         return self
 
 
@@ -168,6 +213,68 @@ class AggregationConfig(_Strict):
     temperature: float = Field(1.0, gt=0.0)
 
 
+class SeedMerge(_Strict):
+    """One merge of all the experts that the archives start with (beside the experts).
+
+    Attributes:
+        method: A merge method of the library (``linear`` is the average, ``task_arithmetic`` ...).
+        params: Its parameters (``lambda``, ``density`` ...), the same for every expert.
+    """
+
+    method: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known(self) -> SeedMerge:
+        from cycleqd.operators.merge import MERGE_METHODS
+        from cycleqd.operators.merge.registry import REQUIRED, check_parameter
+
+        method = MERGE_METHODS.get(self.method)
+        if method is None:
+            raise ValueError(
+                f"unknown merge method {self.method!r}; choose one of {', '.join(MERGE_METHODS)}"
+            )
+        if method.n_models is not None:
+            raise ValueError(
+                f"{self.method} merges exactly {method.n_models} model(s); seeds merge every expert"
+            )
+        for key, value in self.params.items():
+            problem = check_parameter(method, key, value, per_model=False)
+            if problem is not None:
+                raise ValueError(problem)
+        missing = [k for k, v in method.params.items() if v is REQUIRED and k not in self.params]
+        if missing:
+            raise ValueError(f"{self.method} needs the parameter(s) {', '.join(missing)}")
+        return self
+
+
+class InitConfig(_Strict):
+    """How the archives start.
+
+    Attributes:
+        merges: Merges of the experts scored like children and offered to the archives after the
+            experts (beyond the paper, which starts from the experts alone), so that evolution starts
+            on the plateau cheap merges reach instead of climbing to it. Each costs one evaluation.
+    """
+
+    merges: list[SeedMerge] = Field(default_factory=list)
+
+
+class FinalConfig(_Strict):
+    """How the run's recommended model is chosen at the end.
+
+    The ``top_k`` elites by validation average and the aggregate are scored on the tasks' ``select``
+    split (disjoint from validation, which drove evolution, and from test); the best there is the
+    recommendation, saved as ``final/``. Without a ``select`` split the choice is made on validation
+    and the run says so.
+
+    Attributes:
+        top_k: Elites re-scored on select.
+    """
+
+    top_k: int = Field(8, ge=1, le=1000)
+
+
 class RunnerConfig(_Strict):
     """Where children are built and evaluated.
 
@@ -209,12 +316,17 @@ class RunConfig(_Strict):
         crossover: Crossover settings.
         mutation: Mutation settings.
         aggregation: Final aggregation.
+        init: Merges the archives start with beside the experts.
+        final: How the recommended model is chosen.
         runner: Local or Ray.
         root: Folder where custom task modules (``module:Class``) are found; defaults to the config
             file's folder (the resolved config in a run folder records it).
+        preset: A named preset (:data:`~cycleqd.presets.PRESETS`: ``paper``, ``offplane``) whose
+            settings are the defaults under the file's own.
     """
 
     root: str | None = None
+    preset: str | None = None
     seed: int = 0
     generations: int = Field(ge=0)
     stop_after_failures: int = Field(20, ge=1)
@@ -227,6 +339,8 @@ class RunConfig(_Strict):
     crossover: CrossoverConfig = Field(default_factory=CrossoverConfig)
     mutation: MutationConfig = Field(default_factory=MutationConfig)
     aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
+    init: InitConfig = Field(default_factory=InitConfig)
+    final: FinalConfig = Field(default_factory=FinalConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
 
     @model_validator(mode="after")
@@ -341,6 +455,7 @@ def config_from_dict(raw: dict[str, Any], *, root: Path, source: str = "config")
     Raises:
         ConfigError: When it is not valid.
     """
+    raw = apply_preset(raw)
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as exc:

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from cycleqd.operators import crossover, crossover_tensor, draw_crossover, layer_group
-from cycleqd.operators.crossover import CrossoverPlan
+from cycleqd.operators.crossover import CrossoverPlan, MergeCrossover, draw_scale
 
 
 def _taus(seed: int) -> dict[str, torch.Tensor]:
@@ -77,3 +79,59 @@ def test_seeded_determinism() -> None:
 def test_degenerate_draw_is_refused() -> None:
     with pytest.raises(ValueError, match="sum to"):
         draw_crossover(generator=torch.Generator().manual_seed(0), mean=0.0, std=1e-9)
+
+
+def test_layer_std_draws_groups_around_one_model_wise_draw() -> None:
+    names = list(_taus(1))
+    plan = draw_crossover(
+        generator=torch.Generator().manual_seed(5), std=0.1, names=names, per_layer=True, layer_std=0.2
+    )
+    # By hand from the same seed: first the model-wise ω_i, then one deviation per group and parent.
+    g = torch.Generator().manual_seed(5)
+    model_wise = torch.randn((1, 2), generator=g, dtype=torch.float64) * 0.1 + 1.0
+    around = torch.randn((3, 2), generator=g, dtype=torch.float64)
+    for row, group in enumerate(["layer.0", "layer.1", "other"]):
+        expected = (model_wise[0] + 0.2 * around[row]).tolist()
+        assert plan.omegas[group] == pytest.approx(expected)
+        w = plan.weights[group]
+        assert w == pytest.approx([expected[0] / sum(expected), expected[1] / sum(expected)])
+    with pytest.raises(ValueError, match="per_layer"):
+        draw_crossover(generator=torch.Generator().manual_seed(5), layer_std=0.2)
+
+
+def test_without_layer_std_the_per_layer_draws_are_unchanged() -> None:
+    names = list(_taus(1))
+    plan = draw_crossover(generator=torch.Generator().manual_seed(5), std=0.1, names=names, per_layer=True)
+    g = torch.Generator().manual_seed(5)
+    draws = torch.randn((3, 2), generator=g, dtype=torch.float64) * 0.1 + 1.0
+    assert plan.omegas["layer.0"] == pytest.approx(draws[0].tolist())
+
+
+def test_drawn_scale_is_log_normal_and_multiplies_the_coefficients() -> None:
+    s = draw_scale(generator=torch.Generator().manual_seed(9), std=0.3)
+    z = torch.randn((1,), generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    assert s == pytest.approx(math.exp(0.3 * float(z[0])))
+    assert draw_scale(generator=torch.Generator().manual_seed(9), std=0.0) == 1.0
+    plan = CrossoverPlan(weights={"all": [0.25, 0.75]}, scale=s)
+    assert plan.weights_for("w") == pytest.approx([0.25 * s, 0.75 * s])
+    assert sum(plan.weights_for("w")) == pytest.approx(s)
+    assert plan.to_record()["scale"] == s
+    # A plan without a drawn scale records exactly what it recorded before the option existed.
+    assert set(CrossoverPlan(weights={"all": [0.5, 0.5]}).to_record()) == {"per_layer", "weights", "omegas"}
+
+
+def test_merge_crossover_through_ties_matches_the_merge_method() -> None:
+    from cycleqd.operators.merge.ties import ties
+
+    t1 = torch.tensor([[1.0, -2.0, 0.1], [0.5, 4.0, -3.0]])
+    t2 = torch.tensor([[-3.0, 2.0, 0.2], [1.5, -0.1, -1.0]])
+    plan = CrossoverPlan(weights={"all": [0.4, 0.6]}, scale=1.5)
+    merge = MergeCrossover(method="ties", params={"density": 0.5})
+    out = crossover_tensor("w", [t1, t2], plan, merge=merge)
+    expected = ties([t1, t2], weights=[0.6, 0.9], densities=[0.5, 0.5], normalize=False)
+    assert torch.equal(out, expected)
+    assert not merge.is_linear
+    assert not merge.seeded
+    assert MergeCrossover(method="dare_ties", params={"density": 0.5}).seeded
+    # The default is the weighted sum of the paper.
+    assert torch.allclose(crossover_tensor("w", [t1, t2], plan), 0.6 * t1 + 0.9 * t2)

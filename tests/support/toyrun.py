@@ -63,9 +63,10 @@ def toy_config(tmp_path: Path):
 
 @pytest.fixture
 def flaky_tasks_root(tmp_path: Path) -> Path:
-    """A folder holding the toy task module and a flaky task module, usable as ``root``."""
+    """A folder holding the toy task module and the test task modules, usable as ``root``."""
     folder = tmp_path / "tasks_root"
     folder.mkdir()
     shutil.copy(EXAMPLES / "toy_tasks.py", folder / "toy_tasks.py")
-    shutil.copy(HERE / "flaky_tasks.py", folder / "flaky_tasks.py")
+    for module in ("flaky_tasks.py", "select_tasks.py"):
+        shutil.copy(HERE / module, folder / module)
     return folder

@@ -22,7 +22,7 @@ def eval_command(
     config: Path = typer.Option(
         ..., "--config", "-c", help="Run config; its tasks: and evaluation: sections are used."
     ),
-    split: str = typer.Option("test", "--split", help="Split to score: validation or test."),
+    split: str = typer.Option("test", "--split", help="Split to score: validation, select or test."),
     predictions: Optional[Path] = typer.Option(  # noqa: UP045
         None,
         "--predictions",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -82,6 +82,22 @@ def status(
     if agg:
         scores = ", ".join(f"{t} {s:.3f}" for t, s in agg["test_scores"].items())
         console.print(f"aggregate: {agg['path']}  test: {scores}")
+    for line in _recommended_lines(info):
+        console.print(line)
+
+
+def _recommended_lines(info: dict[str, Any]) -> list[str]:
+    rec = info.get("recommended")
+    if not rec:
+        return []
+    scores = ", ".join(f"{t} {s:.3f}" for t, s in (rec["test_scores"] or {}).items())
+    lines = [f"recommended: {rec['model']} -> {rec['path']} (chosen on {rec['split']}; test: {scores})"]
+    if rec["split"] == "validation":
+        lines.append(
+            "  no select split: chosen on the split that drove evolution, so its validation score is "
+            "optimistic; give the tasks select items"
+        )
+    return lines
 
 
 def _summary(run_dir: Path, seconds: float) -> None:
@@ -91,4 +107,6 @@ def _summary(run_dir: Path, seconds: float) -> None:
     if agg:
         scores = ", ".join(f"{t} {s:.3f}" for t, s in agg["test_scores"].items())
         console.print(f"aggregate model: {agg['path']} (test: {scores})")
+    for line in _recommended_lines(info):
+        console.print(line)
     console.print(f"run folder: {Path(run_dir).resolve()}  ({seconds:.1f} s)")

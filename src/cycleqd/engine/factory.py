@@ -15,6 +15,7 @@ from cycleqd.operators import (
     SVDExpertMutation,
     SVDSelfMutation,
 )
+from cycleqd.operators.crossover import MergeCrossover
 from cycleqd.weights import ModelSource
 from cycleqd.weights.dtypes import parse_dtype
 
@@ -102,6 +103,9 @@ def build_child_builder(
         crossover_mean=cfg.crossover.mean,
         crossover_std=cfg.crossover.std,
         per_layer=cfg.crossover.per_layer,
+        layer_std=cfg.crossover.layer_std,
+        scale_std=cfg.crossover.scale_std,
+        merge=MergeCrossover(method=cfg.crossover.method, params=dict(cfg.crossover.params)),
         skip_patterns=tuple(cfg.mutation.skip),
         dtype=parse_dtype(cfg.models.dtype),
         parents=ParentCache(size=cfg.runner.parent_cache),

@@ -24,6 +24,7 @@ from cycleqd.evaluation.base import TaskResult
 from cycleqd.evaluation.evaluator import Evaluator
 from cycleqd.operators import CrossoverPlan, Mutation, crossover_tensor, draw_crossover, mutate_one
 from cycleqd.operators.blocked import weighted_sum
+from cycleqd.operators.crossover import LINEAR, MergeCrossover, draw_scale
 from cycleqd.operators.mutation import (
     FactorSummary,
     LowRank,
@@ -105,6 +106,10 @@ class ChildBuilder:
         crossover_mean: μ of ω.
         crossover_std: σ of ω.
         per_layer: Per-layer crossover.
+        layer_std: Per-layer crossover around one model-wise draw with this σ (``None``: independent
+            draws per layer group).
+        scale_std: σ of the log of the drawn scale of the child's task vector (0: no scale).
+        merge: How the parents' task vectors are combined (default: the weighted sum).
         skip_patterns: Tensor names never mutated.
         dtype: Storage dtype of children (``None`` keeps the base's).
         parents: Cache of open parent sources.
@@ -119,6 +124,9 @@ class ChildBuilder:
     crossover_mean: float = 1.0
     crossover_std: float = 0.01
     per_layer: bool = False
+    layer_std: float | None = None
+    scale_std: float = 0.0
+    merge: MergeCrossover = LINEAR
     skip_patterns: Sequence[str] = ("norm",)
     dtype: torch.dtype | None = torch.float32
     parents: ParentCache = field(default_factory=ParentCache)
@@ -157,15 +165,18 @@ class ChildBuilder:
             std=self.crossover_std,
             names=list(self.base),
             per_layer=self.per_layer,
+            layer_std=self.layer_std,
+            scale=draw_scale(generator=make_generator(job.seed, "crossover-scale"), std=self.scale_std),
         )
 
     def stream(
         self, job: Job, plan: CrossoverPlan, summary: FactorSummary, counts: dict[str, int]
     ) -> Iterator[tuple[str, torch.Tensor]]:
-        """Yield the child's tensors one at a time: θ0 + mutate(Σ w_i τ_i), in storage dtype.
+        """Yield the child's tensors one at a time: θ0 + mutate(Σ c_i τ_i), in storage dtype.
 
-        With crossover weights that sum to 1 and an additive mutation (svd-expert, gaussian, none),
-        this is Σ w_i θ_i + δ, computed without reading the base. Pages of the parents' files (and of
+        With a linear crossover and an additive mutation (svd-expert, gaussian, none), this is
+        Σ c_i θ_i + (1 − Σ c_i) θ0 + δ, computed without forming task vectors, and without reading
+        the base where the coefficients sum to 1 (no drawn scale). Pages of the parents' files (and of
         the base's, when it is read) are released after each tensor, so the process holds the child
         and a few tensors, not the parents.
         A low-rank mutation A B of a child stored in bfloat16 is multiplied in bfloat16 (products
@@ -186,8 +197,8 @@ class ChildBuilder:
         self._release.refresh()  # parents closed since the last build may have left their addresses
         mutation_seed = derive_seed(job.seed, "mutation")
         expert = job.active_task if isinstance(self.mutation, SVDExpertMutation) else None
-        # Additive mutations need no τ: θ_child = Σ w_i θ_i + δ, which reads only the parents.
-        direct = self.mutation.additive or isinstance(self.mutation, NoMutation)
+        # Additive mutations need no τ: θ_child = Σ c_i θ_i + (1 − Σ c_i) θ0 + δ.
+        direct = (self.mutation.additive or isinstance(self.mutation, NoMutation)) and self.merge.is_linear
         for name in self.base:
             if not self.base.dtype(name).is_floating_point:
                 yield name, self.base[name]
@@ -211,6 +222,9 @@ class ChildBuilder:
                     counts["mutated"] += 1
                 else:
                     counts["skipped"] += 1
+                rest = 1.0 - sum(plan.weights_for(name))
+                if abs(rest) > 1e-12:  # a drawn scale: the base keeps the remaining share
+                    inputs, weights = [*inputs, self.base[name]], [*weights, rest]
                 out = weighted_sum(
                     inputs,
                     weights,
@@ -222,7 +236,15 @@ class ChildBuilder:
             else:
                 base_tensor = self.base[name]
                 b32 = base_tensor.float()
-                tau = crossover_tensor(name, [torch.sub(x, b32) for x in inputs], plan)
+                generator = make_generator(job.seed, "crossover", name) if self.merge.seeded else None
+                tau = crossover_tensor(
+                    name,
+                    [torch.sub(x, b32) for x in inputs],
+                    plan,
+                    merge=self.merge,
+                    base=b32,
+                    generator=generator,
+                )
                 tau, factors, changed = mutate_one(
                     name,
                     tau,
@@ -288,6 +310,8 @@ class ChildBuilder:
             "skip": list(self.skip_patterns),
             "dtype": str(self.dtype),
         }
+        if not self.merge.is_linear:  # absent for the paper's crossover: fingerprints stay as they were
+            recipe["merge"] = self.merge.describe()
         blob = json.dumps(recipe, sort_keys=True, default=str).encode()
         return hashlib.blake2b(blob, digest_size=16).hexdigest()
 

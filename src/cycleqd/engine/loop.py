@@ -34,6 +34,7 @@ import torch
 from cycleqd.atomic import atomic_write_text
 from cycleqd.config import RunConfig, check_model_paths, dump_config, load_config
 from cycleqd.engine.aggregate import aggregate_tensors, softmax_weights
+from cycleqd.engine.choice import Candidate, choose, top_by_validation
 from cycleqd.engine.factory import BASE_ID, build_child_builder, expert_id, svd_caches
 from cycleqd.engine.jobs import ChildBuilder, Job, JobOutcome, validation_scores
 from cycleqd.engine.paths import RunPaths
@@ -46,10 +47,12 @@ from cycleqd.evaluation.cache import ResultCache
 from cycleqd.evaluation.evaluator import Evaluator
 from cycleqd.evaluation.spec import build_backend, build_tasks
 from cycleqd.operators import is_mutable
+from cycleqd.operators.merge import merge_models
 from cycleqd.qd import ArchiveSet, DegenerateRangeWarning, archive_metrics, make_bin_specs, select_parents
 from cycleqd.seeding import derive_seed
 from cycleqd.weights import ModelSource, fingerprint_tensors, open_model, save_model, validate_models
 from cycleqd.weights.dtypes import parse_dtype
+from cycleqd.weights.save import copy_model
 
 AGGREGATE_ID = "aggregate"
 
@@ -57,6 +60,11 @@ AGGREGATE_ID = "aggregate"
 def child_id(generation: int) -> str:
     """Model id of the child of a generation."""
     return f"g{generation:06d}"
+
+
+def seed_id(index: int) -> str:
+    """Model id of the ``index``-th merge of ``init.merges``."""
+    return f"seed-{index:02d}"
 
 
 class Reporter(Protocol):
@@ -206,6 +214,7 @@ class Engine:
             self._tasks = build_tasks(
                 self.cfg.tasks, root=Path(self.cfg.root or "."), evaluation=self.cfg.evaluation
             )
+            self._choice_split()  # a select split on some tasks only is refused before any work
             for task in self._tasks:  # reference answers and data checks, before any long work
                 for split in SPLITS:
                     task.prepare(split)
@@ -232,6 +241,23 @@ class Engine:
                 self._finalise(state)
             return state
 
+    def _choice_split(self) -> str:
+        """``select`` when every task has a select split, ``validation`` when none has.
+
+        Raises:
+            CycleQDError: When only some tasks have one (the choice would compare unlike averages).
+        """
+        having = [t.name for t in self._tasks if t.has_split("select")]
+        if not having:
+            return "validation"
+        if len(having) < len(self._tasks):
+            lacking = [t.name for t in self._tasks if t.name not in having]
+            raise CycleQDError(
+                f"task(s) {', '.join(having)} have a select split but {', '.join(lacking)} not; give every "
+                "task select items (the recommended model is chosen on them) or none"
+            )
+        return "select"
+
     def _set_generations(self, state: RunState, total: int) -> None:
         """Apply the configured number of generations, extending a finished run if it grew."""
         if total < state.generation:
@@ -249,6 +275,7 @@ class Engine:
             # (with one job in flight; see `open` for N).
             for rec in state.registry:
                 rec.scores.pop("test", None)
+                rec.scores.pop("select", None)
         state.in_flight = [j for j in state.in_flight if j.generation < total]
         state.generations = total
 
@@ -310,6 +337,7 @@ class Engine:
         for rec in registry.of_kind(ModelKind.EXPERT):
             if archives.refcount(rec.id) == 0:
                 rec.status = ModelStatus.RELEASED
+        self._seed_merges(archives, registry, experts)
         self._prepare_mutation_cache({k: v.fingerprint for k, v in scans.items()})
         state = RunState(
             seed=cfg.seed,
@@ -323,6 +351,57 @@ class Engine:
         self._fill_in_flight(state, slots=self._slots())
         state.save(self.paths.checkpoint)
         return state
+
+    def _seed_merges(
+        self, archives: ArchiveSet, registry: ModelRegistry, experts: Mapping[str, ModelSource]
+    ) -> None:
+        """Score the configured merges of the experts and offer them to the archives, in config order.
+
+        Each is saved in the run folder like a child and kept only while an archive holds it.
+        """
+        merges = self.cfg.init.merges
+        if not merges:
+            return
+        assert self._base is not None
+        # No checkpoint yet: whatever an interrupted start left in models/ belongs to no run.
+        _remove(self.paths.models)
+        dtype = parse_dtype(self.cfg.models.dtype)
+        self.reporter.phase("scoring the seed merges", total=len(merges))
+        for index, spec in enumerate(merges):
+            model_id = seed_id(index)
+            weights = dict(
+                merge_models(
+                    self._base,
+                    [experts[t] for t in self.cfg.task_names],
+                    method=spec.method,
+                    parameters=spec.params,
+                    seed=derive_seed(self.cfg.seed, "seed-merge", index),
+                    out_dtype=dtype,
+                )
+            )
+            fingerprint = fingerprint_tensors(weights)
+            scores = self._scores(weights, fingerprint, "validation")
+            record = ModelRecord(
+                id=model_id,
+                kind=ModelKind.SEED,
+                status=ModelStatus.REJECTED,
+                fingerprint=fingerprint,
+                parents=[expert_id(t) for t in self.cfg.task_names],
+                crossover={"method": spec.method, "params": dict(spec.params)},
+                scores={"validation": scores},
+            )
+            added = archives.add(model_id, scores)
+            for released in added.released:
+                registry[released].status = ModelStatus.RELEASED
+                if registry[released].kind.stored_in_run:
+                    registry[released].path = None
+                    _remove(self.paths.model_dir(released))
+            if archives.refcount(model_id) > 0:
+                record.status = ModelStatus.ELITE
+                save_model(weights, self.paths.model_dir(model_id), template=self._base, dtype=dtype)
+                record.path = str(self.paths.model_dir(model_id).relative_to(self.paths.root))
+            registry.add(record)
+            self.reporter.advance()
 
     def _slots(self) -> int:
         return self.cfg.runner.workers if self.cfg.runner.kind == "ray" else 1
@@ -532,7 +611,7 @@ class Engine:
             for model_id in added.released:
                 rec = state.registry[model_id]
                 rec.status = ModelStatus.RELEASED
-                if rec.kind is ModelKind.CHILD:
+                if rec.kind.stored_in_run:
                     rec.path = None
                     released.append(model_id)
         else:
@@ -587,7 +666,7 @@ class Engine:
             _remove(entry)
         damaged = []
         for rec in state.registry:
-            if rec.kind is ModelKind.CHILD and rec.status is ModelStatus.ELITE:
+            if rec.kind.stored_in_run and rec.status is ModelStatus.ELITE:
                 try:
                     src = open_model(self._model_path(state, rec.id), name=rec.id)
                     src.shape(next(iter(src)))
@@ -607,7 +686,7 @@ class Engine:
         interrupted writes. A released parent of a job still in flight (Ray runner) is kept until
         that job has been incorporated.
         """
-        keep = {r.id for r in state.registry if r.kind is ModelKind.CHILD and r.status is ModelStatus.ELITE}
+        keep = {r.id for r in state.registry if r.kind.stored_in_run and r.status is ModelStatus.ELITE}
         keep.update(p for job in state.in_flight for p in job.parents)
         if self.paths.models.exists():
             for entry in self.paths.models.iterdir():
@@ -642,21 +721,73 @@ class Engine:
         )
         state.registry.add(agg_record)
         elites = {e.model_id: e for t in cfg.task_names for e in state.archives[t].elites()}
-        best_average = max(sorted(elites), key=lambda m: sum(elites[m].scores.values()) / len(cfg.task_names))
-        to_test = [BASE_ID, *(expert_id(t) for t in cfg.task_names), *best_ids, best_average, AGGREGATE_ID]
-        order = list(dict.fromkeys(to_test))
-        self.reporter.phase("final evaluation", total=len(order) + 1)
+        best_average = top_by_validation({m: e.scores for m, e in elites.items()}, 1)[0]
+        candidates = [
+            *top_by_validation({m: e.scores for m, e in elites.items()}, cfg.final.top_k),
+            AGGREGATE_ID,
+        ]
+        split = self._choice_split()
+        opened: dict[str, ModelSource] = {AGGREGATE_ID: agg}
+
+        def source(model_id: str) -> ModelSource:
+            if model_id not in opened:
+                opened[model_id] = open_model(self._model_path(state, model_id), name=model_id)
+            return opened[model_id]
+
+        self.reporter.phase(
+            f"choosing the recommended model on {split}",
+            total=1 + (len(candidates) if split == "select" else 0),
+        )
         agg_record.scores["validation"] = self._scores(agg, agg_record.fingerprint, "validation")
         self.reporter.advance()
+        if split == "select":
+            for model_id in candidates:
+                rec = state.registry[model_id]
+                rec.scores["select"] = self._scores(source(model_id), rec.fingerprint, "select")
+                self.reporter.advance()
+        chosen = choose(
+            [
+                Candidate(m, state.registry[m].scores["validation"], state.registry[m].scores.get("select"))
+                for m in candidates
+            ],
+            split=split,
+        ).model_id
+        if split == "validation":
+            self.reporter.log(
+                f"no select split: the recommended model ({chosen}) is chosen on validation, the split that "
+                "drove evolution, so its validation score is optimistic; give the tasks select items"
+            )
+        copy_model(self._model_path(state, chosen), self.paths.final, template=self._base)
+        crash_point("after-final", state.generation)
+        # Test scores are for reporting only; they are made after the choice and never read by it.
+        to_test = [
+            BASE_ID,
+            *(expert_id(t) for t in cfg.task_names),
+            *best_ids,
+            best_average,
+            *candidates,
+            AGGREGATE_ID,
+        ]
+        order = list(dict.fromkeys(to_test))
+        self.reporter.phase("final evaluation on test", total=len(order))
         for model_id in order:
             rec = state.registry[model_id]
             src = (
-                agg
-                if model_id == AGGREGATE_ID
-                else open_model(self._model_path(state, model_id), name=model_id)
+                source(model_id) if model_id in candidates else open_model(self._model_path(state, model_id))
             )
             rec.scores["test"] = self._scores(src, rec.fingerprint, "test")
             self.reporter.advance()
+        choice = {
+            "split": split,
+            "model": chosen,
+            "path": self.paths.final.name,  # relative to the run folder, which may move
+            "top_k": cfg.final.top_k,
+            "candidates": [
+                {"model": m, **{k: v for k, v in state.registry[m].scores.items() if k != "test"}}
+                for m in candidates
+            ],
+        }
+        atomic_write_text(self.paths.choice, json.dumps(choice, indent=1) + "\n")
         state.final = {
             "aggregate": {
                 "path": str(self.paths.aggregate),
@@ -670,6 +801,7 @@ class Engine:
                 for t, m, s in zip(cfg.task_names, best_ids, best_scores, strict=True)
             },
             "best_average": best_average,
+            "recommended": choice,
             "test_scores": {m: state.registry[m].scores["test"] for m in order},
         }
         state.finished = True

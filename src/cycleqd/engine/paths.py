@@ -42,6 +42,16 @@ class RunPaths:
         return self.root / "aggregate"
 
     @property
+    def final(self) -> Path:
+        """The run's recommended model as a Hugging Face folder (chosen on select, else validation)."""
+        return self.root / "final"
+
+    @property
+    def choice(self) -> Path:
+        """The candidates for the recommendation and their scores (JSON)."""
+        return self.root / "choice.json"
+
+    @property
     def svd(self) -> Path:
         """Default cache of the experts' SVDs."""
         return self.root / "svd"

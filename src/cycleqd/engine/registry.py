@@ -14,7 +14,13 @@ class ModelKind(str, enum.Enum):
     BASE = "base"
     EXPERT = "expert"
     CHILD = "child"
+    SEED = "seed"  # a merge of the experts offered to the archives at the start (``init.merges``)
     AGGREGATE = "aggregate"
+
+    @property
+    def stored_in_run(self) -> bool:
+        """Whether the run folder keeps this kind's weights while an archive holds it."""
+        return self in (ModelKind.CHILD, ModelKind.SEED)
 
 
 class ModelStatus(str, enum.Enum):
@@ -38,7 +44,7 @@ class ModelRecord:
     """One model of the run.
 
     Attributes:
-        id: Model id (``expert-<task>``, ``g<generation>``, ``base``, ``aggregate``).
+        id: Model id (``expert-<task>``, ``g<generation>``, ``seed-<i>``, ``base``, ``aggregate``).
         kind: What it is.
         status: Where it stands.
         path: Its weights folder (absolute for the base and experts, relative to the run folder for

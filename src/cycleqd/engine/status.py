@@ -19,9 +19,10 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
 
     Returns:
         ``generation``, ``generations``, ``finished``, ``tasks``, ``archives`` (per task ``filled``,
-        ``cells``, ``coverage``, ``qd_score``, ``best`` with ``model`` and ``score``), ``models``
-        (counts by status) and, once finished, ``aggregate`` (``path``, ``test_scores``, ...) and
-        ``final`` (all test scores).
+        ``cells``, ``coverage``, ``qd_score``, ``best`` with ``model`` and ``score``), ``children``
+        and ``seeds`` (counts by status) and, once finished, ``recommended`` (the chosen model:
+        ``model``, ``split`` it was chosen on, ``path``, ``test_scores``), ``aggregate`` (``path``,
+        ``test_scores``, ...) and ``final`` (all test scores).
 
     Raises:
         CycleQDError: If the folder holds no checkpoint.
@@ -35,10 +36,11 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
             )
         raise CycleQDError(f"{paths.root} holds no run (no checkpoint.json)")
     state = RunState.load(paths.checkpoint)
-    counts: dict[str, int] = {}
+    counts: dict[str, dict[str, int]] = {"child": {}, "seed": {}}
     for rec in state.registry:
-        if rec.kind.value == "child":
-            counts[rec.status.value] = counts.get(rec.status.value, 0) + 1
+        if rec.kind.value in counts:
+            by_status = counts[rec.kind.value]
+            by_status[rec.status.value] = by_status.get(rec.status.value, 0) + 1
     info: dict[str, Any] = {
         "run": str(paths.root),
         "generation": state.generation,
@@ -46,9 +48,19 @@ def run_status(run_dir: str | Path) -> dict[str, Any]:
         "finished": state.finished,
         "tasks": state.tasks,
         "archives": {t: archive_metrics(state.archives[t]) for t in state.tasks},
-        "children": counts,
+        "children": counts["child"],
+        "seeds": counts["seed"],
     }
     if state.finished:
+        recommended = state.final.get("recommended")
+        if recommended:
+            model = recommended["model"]
+            info["recommended"] = {
+                "model": model,
+                "split": recommended["split"],
+                "path": str(paths.root / recommended["path"]),
+                "test_scores": state.final["test_scores"].get(model),
+            }
         info["aggregate"] = state.final["aggregate"]
         info["final"] = state.final
     return info

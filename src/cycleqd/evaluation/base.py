@@ -17,7 +17,11 @@ from typing import Any, ClassVar, TypedDict
 
 import torch
 
-SPLITS = ("validation", "test")
+SPLITS = ("validation", "select", "test")
+"""The splits a task can have: ``validation`` drives evolution, ``select`` (optional, disjoint from
+both others) chooses the run's recommended model, ``test`` is only for reporting."""
+
+SPLIT_NAMES = "validation, select or test"
 
 
 class Message(TypedDict):
@@ -57,7 +61,7 @@ class TaskResult:
 
     Attributes:
         task: Task name.
-        split: ``validation`` or ``test``.
+        split: ``validation``, ``select`` or ``test``.
         score: Score in [0, 1] (usually the mean of the items' scores).
         items: Per-item results (may be empty for analytic tasks).
     """
@@ -163,12 +167,27 @@ class Task(ABC):
     #: Whether the task needs a text-generating backend (``generate``/``loglikelihood``).
     needs_text: ClassVar[bool] = True
 
+    #: The splits a task of this class can score; a custom task that can also score ``select`` lists
+    #: it here (built-in kinds have the splits their data has items in).
+    offered_splits: ClassVar[tuple[str, ...]] = ("validation", "test")
+
     #: Identity of the task's settings and data, part of result-cache keys; builders set it (for
     #: built-in kinds, a hash of the params and the data files). ``""`` means unknown.
     signature: str = ""
 
     def __init__(self, *, name: str) -> None:
         self.name = name
+
+    def has_split(self, split: str) -> bool:
+        """Whether the task can score models on a split (the engine asks before using ``select``).
+
+        Args:
+            split: A split name.
+
+        Returns:
+            For this base class, whether the split is in :attr:`offered_splits`.
+        """
+        return split in self.offered_splits
 
     def prepare(self, split: str) -> None:  # noqa: B027 - optional hook, deliberately empty
         """One-off work on a split before any model is scored (reference answers, data checks).
@@ -177,7 +196,7 @@ class Task(ABC):
         starts. Must be idempotent. The default does nothing.
 
         Args:
-            split: ``validation`` or ``test``.
+            split: ``validation``, ``select`` or ``test``.
 
         Raises:
             CycleQDError: When the task's data cannot be used.
@@ -189,7 +208,7 @@ class Task(ABC):
         Args:
             predictions: Item id → what the model produced (text; agent tasks take the list of the
                 model's turns). Items without a prediction score 0.
-            split: ``validation`` or ``test``.
+            split: ``validation``, ``select`` or ``test``.
 
         Returns:
             The task's result on that split.
@@ -205,7 +224,7 @@ class Task(ABC):
 
         Args:
             backend: The backend holding the model.
-            split: ``validation`` or ``test``.
+            split: ``validation``, ``select`` or ``test``.
 
         Returns:
             The task's result on that split.

@@ -1,7 +1,8 @@
 """Task data: items in JSONL files, one JSON object per line, grouped by split.
 
-Two layouts: one file whose items each carry ``"split": "validation"`` or ``"test"``, or one file per
-split (a mapping split → file in the config; a ``split`` field there, if present, must agree). Every
+Two layouts: one file whose items each carry ``"split": "validation"``, ``"select"`` or ``"test"``, or
+one file per split (a mapping split → file in the config; a ``split`` field there, if present, must
+agree). The ``select`` split is optional: it chooses a run's recommended model among its candidates. Every
 item has an ``id`` (string or integer) that is unique within its split; it is how saved predictions
 find their item.
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cycleqd.errors import ConfigError
-from cycleqd.evaluation.base import SPLITS
+from cycleqd.evaluation.base import SPLIT_NAMES, SPLITS
 
 #: Items by split, each a JSON object with a string ``id``.
 ItemsBySplit = dict[str, list[dict[str, Any]]]
@@ -94,11 +95,11 @@ def load_items(data: str | Mapping[str, str], *, root: Path, task: str) -> tuple
             split = obj.get("split", fixed_split)
             if split is None:
                 raise ConfigError(
-                    f'{where} has no split; add "split": "validation" or "test" to each item, or give '
-                    "data as a mapping {validation: FILE, test: FILE}"
+                    f'{where} has no split; add "split": "validation", "select" or "test" to each item, '
+                    "or give data as a mapping {validation: FILE, test: FILE}"
                 )
             if split not in SPLITS:
-                raise ConfigError(f"{where} has split {split!r}; use validation or test")
+                raise ConfigError(f"{where} has split {split!r}; use {SPLIT_NAMES}")
             if fixed_split is not None and split != fixed_split:
                 raise ConfigError(f"{where} says split {split!r} but the file is given for {fixed_split!r}")
             if "id" not in obj:

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from cycleqd.errors import ConfigError
-from cycleqd.evaluation.base import SPLITS, Backend, Task, TaskResult
+from cycleqd.evaluation.base import SPLIT_NAMES, SPLITS, Backend, Task, TaskResult
 from cycleqd.evaluation.cache import ResultCache
 from cycleqd.evaluation.spec import check_compatible
 
@@ -72,7 +72,7 @@ class Evaluator:
         """Run the tasks' one-off preparation (reference answers) for a split.
 
         Args:
-            split: ``validation`` or ``test``.
+            split: ``validation``, ``select`` or ``test``.
             tasks: Task names (default: all).
 
         Raises:
@@ -105,7 +105,7 @@ class Evaluator:
         Args:
             weights: The model's full weights.
             fingerprint: Their fingerprint.
-            split: ``validation`` or ``test``.
+            split: ``validation``, ``select`` or ``test``.
             tasks: Task names (default: all).
 
         Returns:
@@ -165,7 +165,7 @@ class Evaluator:
 
         Args:
             predictions: Task name → item id → saved output.
-            split: ``validation`` or ``test``.
+            split: ``validation``, ``select`` or ``test``.
             tasks: Task names (default: those in ``predictions``).
 
         Returns:
@@ -181,4 +181,4 @@ class Evaluator:
 
 def _check_split(split: str) -> None:
     if split not in SPLITS:
-        raise ConfigError(f"unknown split {split!r}; use validation or test")
+        raise ConfigError(f"unknown split {split!r}; use {SPLIT_NAMES}")

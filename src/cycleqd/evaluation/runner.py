@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cycleqd.errors import ConfigError
-from cycleqd.evaluation.base import SPLITS, Task, TaskResult
+from cycleqd.evaluation.base import SPLIT_NAMES, SPLITS, Task, TaskResult
 from cycleqd.evaluation.cache import ResultCache
 from cycleqd.evaluation.data import resolve_path
 from cycleqd.evaluation.evaluator import Evaluator
@@ -75,7 +75,7 @@ def _select(specs: list[TaskSpec], names: Sequence[str] | None) -> list[TaskSpec
 
 def _check_items(tasks: Sequence[Task], split: str) -> None:
     if split not in SPLITS:
-        raise ConfigError(f"unknown split {split!r}; use validation or test")
+        raise ConfigError(f"unknown split {split!r}; use {SPLIT_NAMES}")
     empty = [t.name for t in tasks if isinstance(t, BuiltinTask) and not t.items(split)]
     if empty:
         raise ConfigError(
@@ -104,7 +104,7 @@ def evaluate_model(
     Args:
         model: A Hugging Face model folder (or a weights file/folder for the ``weights`` backend).
         config: The run config (its ``tasks`` and ``evaluation`` sections are used).
-        split: ``validation`` or ``test``.
+        split: ``validation``, ``select`` or ``test``.
         tasks: Names of the tasks to run (default: all).
         cache_file: Result cache (default: ``evaluation.cache_file`` when ``evaluation.cache`` is on).
         progress: Called with a line of text as work advances.

@@ -200,7 +200,9 @@ class TaskSpec(BaseModel):
         if isinstance(value, dict):
             bad = sorted(set(value) - set(SPLITS))
             if bad:
-                raise ValueError(f"data has split(s) {', '.join(bad)}; use validation and test")
+                raise ValueError(
+                    f"data has split(s) {', '.join(bad)}; use validation, test and (optionally) select"
+                )
             if not value:
                 raise ValueError("data is an empty mapping; give a file per split")
         return value

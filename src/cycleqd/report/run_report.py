@@ -142,12 +142,12 @@ def run_sections(
             rows,
         )
     )
-    children = [r for r in state.registry if r.kind.value == "child"]
+    children = [r for r in state.registry if r.kind.value in ("child", "seed")]
     if children:
         counts: dict[str, int] = {}
         for r in children:
             counts[r.status.value] = counts.get(r.status.value, 0) + 1
-        out.append("Children: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ".\n")
+        out.append("Children and seeds: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ".\n")
     if state.finished and state.final:
         out.append(_final_section(state, tasks))
     out.append(f"![archives]({_relative(figures.archives, relative_to)})\n")
@@ -162,15 +162,28 @@ def _final_section(state: RunState, tasks: list[str]) -> str:
     lines = ["### Final models (test split)\n"]
     weights = ", ".join(f"{t}: {agg['elites'][t]} × {agg['weights'][t]:.3f}" for t in tasks)
     lines.append(f"Aggregate θ0 + Σ softmax(f/T)ₖ τₖ of the archive bests: {weights}.\n")
+    choice = final.get("recommended")
+    if choice:
+        how = (
+            f"the best on the select split among the {choice['top_k']} best elites by validation average "
+            "and the aggregate"
+            if choice["split"] == "select"
+            else "chosen on validation (the tasks have no select split, so this is the split that drove "
+            "evolution and the choice is optimistic)"
+        )
+        lines.append(f"**Recommended model: `{choice['model']}`** (`final/`): {how}.\n")
     rows = []
     for model_id, scores in final["test_scores"].items():
         rec = state.registry[model_id] if model_id in state.registry else None  # noqa: SIM401 (no .get)
         val = rec.scores.get("validation", {}) if rec else {}
         val_avg = sum(val.values()) / len(val) if val else None
         role = []
+        if choice and model_id == choice["model"]:
+            role.append("**recommended**")
         if model_id == final.get("best_average"):
             role.append("best validation average")
         role += [f"best {t}" for t, b in final["best_per_task"].items() if b["model"] == model_id]
+        sel = rec.scores.get("select", {}) if rec else {}
         avg = sum(scores[t] for t in tasks) / len(tasks)
         rows.append(
             [
@@ -179,9 +192,14 @@ def _final_section(state: RunState, tasks: list[str]) -> str:
                 *(fmt(scores[t]) for t in tasks),
                 fmt(avg),
                 fmt(val_avg),
+                fmt(sum(sel.values()) / len(sel) if sel else None),
             ]
         )
-    lines.append(markdown_table(["model", "role", *tasks, "test average", "validation average"], rows))
+    lines.append(
+        markdown_table(
+            ["model", "role", *tasks, "test average", "validation average", "select average"], rows
+        )
+    )
     return "\n".join(lines)
 
 

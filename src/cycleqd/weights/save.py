@@ -100,6 +100,46 @@ def replace_dir(src: Path, dst: Path) -> None:
         src.rename(dst)
 
 
+def copy_model(
+    src: str | Path, out_dir: str | Path, *, template: ModelSource | str | Path | None = None
+) -> Path:
+    """Copy a saved model to ``out_dir`` as a Hugging Face folder, atomically.
+
+    A folder is copied file by file, each weight file hard-linked where the file system allows (the
+    weights of an 8B model are not written again); a single weights file is written as a folder with
+    the template's config and tokenizer files.
+
+    Args:
+        src: A model folder or a weights file.
+        out_dir: Destination folder (replaced only once the copy is complete).
+        template: Where the non-weight files come from when ``src`` is a single file.
+
+    Returns:
+        The destination folder.
+    """
+    src, out_dir = Path(src), Path(out_dir)
+    if not src.is_dir():
+        from cycleqd.weights.source import open_model
+
+        return save_model(open_model(src), out_dir, template=template)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        for f in src.iterdir():
+            if not f.is_file():
+                continue
+            try:
+                os.link(f, tmp / f.name)
+            except OSError:  # another file system, or links not allowed: copy
+                shutil.copy2(f, tmp / f.name)
+        replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
 def _copy_template(src: Path, dst: Path, target: torch.dtype | None) -> None:
     if src.is_file():
         return

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cycleqd.errors import ConfigError
-from cycleqd.evaluation.base import SPLITS, Backend, ItemResult, Prompt, Task, TaskResult
+from cycleqd.evaluation.base import SPLIT_NAMES, SPLITS, Backend, ItemResult, Prompt, Task, TaskResult
 from cycleqd.evaluation.sandbox import Sandbox, SandboxLimits
 from cycleqd.evaluation.tasks.memo import REFERENCES, VERDICTS
 
@@ -253,7 +253,7 @@ class BuiltinTask(Task, Generic[P, I]):
         """The items of a split.
 
         Args:
-            split: ``validation`` or ``test``.
+            split: ``validation``, ``select`` or ``test``.
 
         Returns:
             The validated items.
@@ -262,8 +262,11 @@ class BuiltinTask(Task, Generic[P, I]):
             ValueError: For an unknown split.
         """
         if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; use validation or test")
+            raise ValueError(f"unknown split {split!r}; use {SPLIT_NAMES}")
         return self._items[split]
+
+    def has_split(self, split: str) -> bool:  # noqa: D102 - the data decide: a split with items
+        return bool(self._items.get(split))
 
     def _require_items(self, split: str) -> list[I]:
         items = self.items(split)
@@ -307,7 +310,7 @@ class BuiltinTask(Task, Generic[P, I]):
 
         Args:
             backend: The backend holding the model.
-            split: ``validation`` or ``test``.
+            split: ``validation``, ``select`` or ``test``.
 
         Returns:
             A function that finishes the evaluation and returns the task's result.
