@@ -48,19 +48,34 @@ def test_results_json_schema(runs) -> None:
     rows = json.loads((runs["root"] / "first" / "results.json").read_text())
     assert {r["kind"] for r in rows} == set(KINDS) - {"ablation"}
     for r in rows:
-        assert set(r) >= {"name", "kind", "test", "average", "seed", "validation", "chosen", "final"}
+        assert set(r) >= {
+            "name",
+            "kind",
+            "test",
+            "average",
+            "seed",
+            "validation",
+            "select",
+            "chosen",
+            "final",
+        }
         assert set(r["test"]) == {"code", "db", "os"}
         assert r["average"] == pytest.approx(sum(r["test"].values()) / 3)
         assert all(0.0 <= v <= 1.0 for v in r["test"].values())
+        if r["kind"] != "cycleqd" or r["chosen"]:  # every chosen model was chosen with select scores
+            assert set(r["select"]) == {"code", "db", "os"}
+    # One recommended model per preset; the seed's final one is the recommendation best on select.
+    recommended = [r for r in rows if r["chosen"]]
+    assert [r["name"] for r in recommended] == ["cycleqd-paper", "cycleqd-offplane"]
     finals = [r for r in rows if r["final"]]
     assert len(finals) == 1
-    assert finals[0]["kind"] == "cycleqd"
-    assert len([r for r in rows if r["chosen"]]) == 1
+    assert finals[0] == max(recommended, key=lambda r: (r["select_average"], r["validation_average"]))
     names = [r["name"] for r in rows]
-    for expected in ("base", "expert-code", "expert-db", "expert-os", "average", "task-arithmetic",
-                     "task-arithmetic-per-expert", "ties", "fine-tune-all", "cycleqd-aggregate",
-                     "cycleqd-best-average"):  # fmt: skip
-        assert expected in names
+    expected = ["base", "expert-code", "expert-db", "expert-os", "average", "task-arithmetic"]
+    expected += ["task-arithmetic-per-expert", "ties", "fine-tune-all", "cycleqd-paper", "cycleqd-offplane"]
+    expected += ["cycleqd-paper-aggregate", "cycleqd-offplane-aggregate"]
+    assert set(expected) <= set(names)
+    assert next(r for r in rows if r["name"] == "fine-tune-all")["kind"] == "reference"
 
 
 def test_report_plots_and_timings(runs) -> None:
@@ -76,6 +91,10 @@ def test_report_plots_and_timings(runs) -> None:
     assert summary["finished"] is True
     assert summary["timings"]["total"] > 0
     assert "total time:" in runs["first"].stdout
+    # The baselines were chosen by the select rule: the best on select among the top settings.
+    for r in json.loads((out / "results.json").read_text()):
+        if r["kind"] == "baseline" and r["params"]["settings_tried"] > 1:
+            assert r["select_average"] is not None
 
 
 def test_second_run_reuses_the_cached_models(runs) -> None:

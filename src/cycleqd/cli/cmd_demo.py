@@ -82,7 +82,7 @@ def _print_summary(console: Console, rows: list[dict], summary: dict, folder: Pa
     for r in rows:
         if r["seed"] != seeds[0]:
             continue
-        mark = " (final)" if r.get("final") else (" (chosen)" if r.get("chosen") else "")
+        mark = " (final)" if r.get("final") else (" (recommended)" if r.get("chosen") else "")
         table.add_row(
             r["name"] + mark, r["kind"], *(f"{r['test'][t]:.3f}" for t in tasks), f"{r['average']:.3f}"
         )
@@ -103,7 +103,7 @@ def _print_summary(console: Console, rows: list[dict], summary: dict, folder: Pa
         )
     console.print(
         f"results: {folder / 'results.json'}\nreport:  {folder / 'report.md'}\n"
-        f"`cycleqd status {folder}` shows seed 0's CycleQD run; "
+        f"`cycleqd status {folder}` shows seed 0's CycleQD run of the first preset; "
         f"`cycleqd report {folder}` rewrites the report",
         highlight=False,
     )

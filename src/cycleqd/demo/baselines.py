@@ -10,8 +10,10 @@ Every merge goes through the merge library (:func:`cycleqd.operators.merge.merge
 - ``fine-tune-all``: the base fine-tuned on the union of the experts' data for as many steps as the
   three experts together (trained with the recipe, nothing to tune).
 
-A setting wins when its validation average is strictly higher than the best so far, so ties keep the
-earlier (simpler) setting and the choice never depends on the test split.
+Every method is chosen by the rule CycleQD's recommendation follows (:mod:`cycleqd.engine.choice`):
+its grid is scored on the validation split, its ``top_k`` settings by validation average are scored
+again on the select split, and the best there is the method's row (ties: the higher validation
+average, then the earlier, simpler setting). The choice never reads the test split.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 import torch
 
 from cycleqd.demo.scoring import Scorer, average
+from cycleqd.engine.choice import Candidate, choose, top_by_validation
 from cycleqd.operators.merge import merge_models
 from cycleqd.weights import ModelSource, fingerprint_tensors, open_model, save_model
 
@@ -67,7 +70,8 @@ class Baseline:
         method: The merge method (``fine-tune`` for the fine-tuned model).
         params: The chosen hyper-parameters.
         validation: Validation scores of the chosen setting.
-        tried: Every setting tried, with its validation average, in order.
+        select: Select scores of the chosen setting.
+        tried: Every setting tried, with its validation (and, for the top ones, select) scores, in order.
         folder: Where the chosen model is saved.
     """
 
@@ -75,6 +79,7 @@ class Baseline:
     method: str
     params: dict[str, Any]
     validation: dict[str, float]
+    select: dict[str, float] = field(default_factory=dict)
     tried: list[dict[str, Any]] = field(default_factory=list)
     folder: Path | None = None
 
@@ -83,22 +88,35 @@ Weights = dict[str, torch.Tensor]
 
 
 class _Search:
-    """Evaluates settings of one method on validation and keeps the best."""
+    """Scores settings of one method on validation, then its best ones on select."""
 
     def __init__(self, scorer: Scorer, build: Callable[[dict[str, Any]], Weights], tick: Callable[[], None]):
         self.scorer, self.build, self.tick = scorer, build, tick
         self.tried: list[dict[str, Any]] = []
-        self.best: tuple[float, dict[str, Any], dict[str, float], Weights] | None = None
+        self.best: float | None = None
 
     def try_(self, params: dict[str, Any]) -> float:
         weights = self.build(params)
         scores = self.scorer.scores(weights, split="validation", fingerprint=fingerprint_tensors(weights))
         avg = average(scores)
         self.tried.append({"params": params, "validation": scores, "average": avg})
-        if self.best is None or avg > self.best[0]:
-            self.best = (avg, params, scores, weights)
+        self.best = avg if self.best is None else max(self.best, avg)
         self.tick()
         return avg
+
+    def choose(self, top_k: int) -> tuple[dict[str, Any], Weights]:
+        """The setting chosen by the select rule, with its weights (rebuilt) and scores recorded."""
+        top = top_by_validation({str(i): t["validation"] for i, t in enumerate(self.tried)}, top_k)
+        candidates = []
+        for key in top:
+            entry = self.tried[int(key)]
+            weights = self.build(entry["params"])
+            entry["select"] = self.scorer.scores(
+                weights, split="select", fingerprint=fingerprint_tensors(weights)
+            )
+            candidates.append(Candidate(key, entry["validation"], entry["select"]))
+        chosen = self.tried[int(choose(candidates, split="select").model_id)]
+        return chosen, self.build(chosen["params"])
 
 
 def merge(
@@ -144,9 +162,10 @@ def tune_baselines(
     union: Path,
     out: Path,
     grids: Grids | None = None,
+    top_k: int = 8,
     progress: Callable[[str], None] | None = None,
 ) -> list[Baseline]:
-    """Tune every baseline on the validation split and save the chosen models.
+    """Tune every baseline (grid on validation, the ``top_k`` best again on select) and save the choices.
 
     Args:
         scorer: Scores models on the demo's tasks.
@@ -155,6 +174,7 @@ def tune_baselines(
         union: The model fine-tuned on all experts' data.
         out: Folder where each chosen model is saved (``out/<name>``).
         grids: The grids (default: :class:`Grids`).
+        top_k: Settings of each method scored again on select (as CycleQD's ``final.top_k``).
         progress: Called with the baseline's name after each evaluated setting.
 
     Returns:
@@ -175,10 +195,13 @@ def tune_baselines(
         return search
 
     def finish(name: str, method: str, search: _Search) -> None:
-        assert search.best is not None
-        _, params, scores, weights = search.best
+        chosen, weights = search.choose(top_k)
         folder = save_model(weights, out / name, template=b, dtype=torch.float32)
-        results.append(Baseline(name, method, params, scores, search.tried, folder))
+        results.append(
+            Baseline(
+                name, method, chosen["params"], chosen["validation"], chosen["select"], search.tried, folder
+            )
+        )
 
     avg = run("average", "linear", lambda p: merge(b, es, "linear"), [{}])
     finish("average", "linear", avg)
@@ -191,8 +214,8 @@ def tune_baselines(
     )
     finish("task-arithmetic", "task_arithmetic", ta)
 
-    assert ta.best is not None
-    start = float(ta.best[1]["lambda"])
+    # The per-expert search climbs on validation from the best single λ there.
+    start = float(max(ta.tried, key=lambda t: t["average"])["params"]["lambda"])
     per = _Search(
         scorer,
         lambda p: merge(b, es, "task_arithmetic", weights=p["lambdas"]),
@@ -207,7 +230,7 @@ def tune_baselines(
                 if value == current[i]:
                     continue
                 trial = [*current[:i], value, *current[i + 1 :]]
-                before = per.best[0] if per.best else -1.0
+                before = per.best if per.best is not None else -1.0
                 if per.try_({"lambdas": trial}) > before:
                     current, changed = trial, True
         if not changed:
@@ -229,6 +252,7 @@ def tune_baselines(
             "fine-tune",
             {"steps": "3 × expert steps"},
             scores,
+            scorer.scores_of(union, split="select"),
             [{"params": {}, "validation": scores, "average": average(scores)}],
             union,
         )

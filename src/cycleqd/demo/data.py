@@ -17,6 +17,9 @@ from typing import Any
 from cycleqd.atomic import atomic_write_text
 from cycleqd.demo.skills import CODE_PREFIX, PROMPT, SKILLS, SkillItem, SkillSplits, format_item
 
+#: The splits written for evaluation (train items are only for training).
+EVAL_SPLITS = ("validation", "select", "test")
+
 #: The evaluation task kind of each skill.
 TASK_KINDS: dict[str, str] = {"code": "python_code", "db": "sql", "os": "shell"}
 
@@ -26,7 +29,7 @@ def task_record(item: SkillItem, split: str) -> dict[str, Any]:
 
     Args:
         item: A code, db or os item.
-        split: ``validation`` or ``test``.
+        split: ``validation``, ``select`` or ``test``.
 
     Returns:
         The JSON object.
@@ -45,7 +48,7 @@ def task_record(item: SkillItem, split: str) -> dict[str, Any]:
 
 
 def write_task_data(splits: Mapping[str, SkillSplits], folder: Path) -> dict[str, Path]:
-    """Write the validation and test items of each skill as JSONL (one file per skill).
+    """Write the evaluation items of each skill as JSONL (one file per skill, a split on each item).
 
     Args:
         splits: Skill → its splits.
@@ -57,9 +60,7 @@ def write_task_data(splits: Mapping[str, SkillSplits], folder: Path) -> dict[str
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
     for skill, sp in splits.items():
-        rows = [task_record(i, "validation") for i in sp.validation] + [
-            task_record(i, "test") for i in sp.test
-        ]
+        rows = [task_record(i, split) for split in EVAL_SPLITS for i in sp.split(split)]
         path = folder / f"{skill}.jsonl"
         atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
         out[skill] = path
@@ -69,7 +70,7 @@ def write_task_data(splits: Mapping[str, SkillSplits], folder: Path) -> dict[str
 def max_answer_chars(splits: Mapping[str, SkillSplits], skill: str) -> int:
     """The longest reference answer of a skill, over all splits."""
     sp = splits[skill]
-    return max(len(i.answer) for part in (sp.train, sp.validation, sp.test) for i in part)
+    return max(len(i.answer) for part in ("train", *EVAL_SPLITS) for i in sp.split(part))
 
 
 def task_specs(

@@ -1,13 +1,15 @@
 """The demo's experiment: the paper's comparison in miniature, end to end, in one folder.
 
 For each seed: build (or load from the cache) the base, the three experts and the fine-tuned-on-all
-baseline; tune the merging baselines on the validation split; run CycleQD with the engine; optionally
-run the ablations; score everything on the test split; write ``results.json`` and the report.
+reference; tune the merging baselines (grid on validation, the best settings again on select); run
+CycleQD with each preset (each run recommends one model by the same select rule); optionally run the
+ablations; score everything on the test split; write ``results.json`` and the report. The seed's
+final model is the presets' recommendation that is best on select: nothing is chosen on test.
 
-The folder ``OUT`` given to the demo is seed 0's CycleQD run folder (so ``cycleqd status OUT``,
-``cycleqd resume OUT`` and ``cycleqd report OUT`` work on it), with the demo's own files beside the
-run's: ``results.json``, ``report.md``, ``plots/`` and ``demo/`` (data, baselines, other seeds,
-ablations, a summary with the settings and timings).
+The folder ``OUT`` given to the demo is seed 0's CycleQD run folder of the first preset (so
+``cycleqd status OUT``, ``cycleqd resume OUT`` and ``cycleqd report OUT`` work on it), with the demo's
+own files beside the run's: ``results.json``, ``report.md``, ``plots/`` and ``demo/`` (data,
+baselines, the other presets' and seeds' runs, ablations, a summary with the settings and timings).
 """
 
 from __future__ import annotations
@@ -23,17 +25,21 @@ import torch
 
 from cycleqd.atomic import atomic_write_text
 from cycleqd.config import config_from_dict
+from cycleqd.demo.analysis import plane_coordinates
 from cycleqd.demo.baselines import Baseline, count_settings, tune_baselines
 from cycleqd.demo.data import task_specs, write_task_data
 from cycleqd.demo.recipe import THREADS, Recipe, RecipeModels, build_or_load
 from cycleqd.demo.scoring import Scorer, average
 from cycleqd.demo.settings import ABLATIONS, EVALUATION, DemoSettings
 from cycleqd.demo.skills import SKILLS, SkillSplits
-from cycleqd.engine.loop import Engine, NullReporter, Reporter
+from cycleqd.engine.choice import Candidate, choose
+from cycleqd.engine.loop import AGGREGATE_ID, Engine, NullReporter, Reporter
 from cycleqd.engine.state import RunState
 from cycleqd.errors import CycleQDError
+from cycleqd.weights import open_model
 
-KINDS = ("base", "expert", "baseline", "cycleqd", "ablation")
+KINDS = ("base", "expert", "baseline", "reference", "cycleqd", "ablation")
+"""Row kinds: ``reference`` is fine-tuning on all the data, which needs what merging does without."""
 
 
 @dataclass(frozen=True)
@@ -70,9 +76,11 @@ class DemoPaths:
         """Per-seed folder (baselines, ablations, CycleQD run of seeds other than 0)."""
         return self.demo / f"seed{seed}"
 
-    def cycleqd(self, seed: int) -> Path:
-        """The CycleQD run folder of a seed."""
-        return self.root if seed == 0 else self.seed(seed) / "cycleqd"
+    def cycleqd(self, seed: int, preset: str, *, first: bool) -> Path:
+        """The CycleQD run folder of a seed and preset (``first``: the demo's first preset)."""
+        if first and seed == 0:
+            return self.root
+        return self.seed(seed) / "cycleqd" / preset
 
     def ablation(self, seed: int, name: str) -> Path:
         """The run folder of an ablation."""
@@ -84,15 +92,16 @@ class Row:
     """One model's scores in ``results.json``.
 
     Attributes:
-        name: Model name (``base``, ``expert-code``, ``task-arithmetic``, ``cycleqd-aggregate`` ...).
+        name: Model name (``base``, ``expert-code``, ``task-arithmetic``, ``cycleqd-paper`` ...).
         kind: One of :data:`KINDS`.
         seed: The seed of the run it belongs to.
         test: Task → test score.
         validation: Task → validation score.
+        select: Task → select score (empty where no choice used it).
         model: Where its weights are (folder, or model id of a run).
         params: Hyper-parameters (baselines), or what the model is (CycleQD).
-        chosen: The model this seed recommends (chosen on validation among its CycleQD rows).
-        final: The model the demo recommends (one row in all).
+        chosen: A run's recommended model (by the select rule among its candidates).
+        final: The seed's recommended CycleQD model: the presets' recommendation best on select.
     """
 
     name: str
@@ -100,6 +109,7 @@ class Row:
     seed: int
     test: dict[str, float]
     validation: dict[str, float]
+    select: dict[str, float] = field(default_factory=dict)
     model: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     chosen: bool = False
@@ -115,6 +125,8 @@ class Row:
             "average": average(self.test),
             "validation": self.validation,
             "validation_average": average(self.validation),
+            "select": self.select,
+            "select_average": average(self.select) if self.select else None,
             "model": self.model,
             "params": self.params,
             "chosen": self.chosen,
@@ -193,25 +205,34 @@ def run_demo(
                 f"seed {seed}: models {'trained' if models.trained else 'loaded from the cache'} "
                 f"({models.folder}, {t_models:.0f} s)"
             )
-            cfg = _run_config(settings, models, paths, splits, seed=seed)
-            engine = Engine.create(
-                config_from_dict(cfg, root=paths.demo), paths.cycleqd(seed), reporter=reporter
-            )
+            engines = {
+                preset: Engine.create(
+                    config_from_dict(
+                        _run_config(settings, models, paths, splits, seed=seed, preset=preset),
+                        root=paths.demo,
+                    ),
+                    paths.cycleqd(seed, preset, first=preset == settings.presets[0]),
+                    reporter=reporter,
+                )
+                for preset in settings.presets
+            }
             if seed == 0:
                 _write_data(paths, splits)
                 _write_summary(paths, settings, timings, seeds_info, done=False)
-            # The scorer shares the run's result cache: the engine then finds the base and the experts
-            # scored already (same tasks, same backend settings, same cache keys).
+            # The scorer shares the first run's result cache: that engine then finds the base and the
+            # experts scored already (same tasks, same backend settings, same cache keys).
             scorer = Scorer(
-                cfg["tasks"],
+                task_specs_for(paths, splits),
                 EVALUATION,
                 base_dir=models.base,
-                cache_file=engine.paths.eval_cache,
+                cache_file=engines[settings.presets[0]].paths.eval_cache,
                 root=paths.demo,
             )
             reporter.phase("checking task data and reference answers")
             scorer.prepare()
-            seed_rows, info = _one_seed(settings, recipe, models, engine, scorer, paths, seed, reporter, tell)
+            seed_rows, info = _one_seed(
+                settings, recipe, models, engines, scorer, paths, seed, reporter, tell
+            )
             scorer.close()
             scorer = None
             rows += seed_rows
@@ -220,7 +241,6 @@ def run_demo(
             seeds_info.append(info)
             timings["seeds"][seed] = {"models": t_models, **info.pop("seconds")}
             _write_results(paths, rows)
-        _mark_final(rows)
         _write_results(paths, rows)
     finally:
         if scorer is not None:
@@ -251,6 +271,11 @@ def _write_data(paths: DemoPaths, splits: Mapping[str, SkillSplits]) -> None:
     write_task_data(splits, paths.data)
 
 
+def task_specs_for(paths: DemoPaths, splits: Mapping[str, SkillSplits]) -> list[dict[str, Any]]:
+    """The ``tasks:`` entries of the demo's runs, on the data files of its folder."""
+    return task_specs({s: paths.data / f"{s}.jsonl" for s in SKILLS}, splits)
+
+
 def _run_config(
     settings: DemoSettings,
     models: RecipeModels,
@@ -258,9 +283,9 @@ def _run_config(
     splits: Mapping[str, SkillSplits],
     *,
     seed: int,
+    preset: str,
     changes: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    files = {s: paths.data / f"{s}.jsonl" for s in SKILLS}
     cfg: dict[str, Any] = {
         "seed": seed,
         "models": {
@@ -268,9 +293,9 @@ def _run_config(
             "experts": {s: str(models.experts[s]) for s in SKILLS},
             "dtype": "float32",
         },
-        "tasks": task_specs(files, splits),
+        "tasks": task_specs_for(paths, splits),
         "evaluation": EVALUATION,
-        **settings.cycleqd.sections(),
+        **settings.run_sections(preset),
     }
     for key, value in (changes or {}).items():
         cfg[key] = (
@@ -283,7 +308,7 @@ def _one_seed(
     settings: DemoSettings,
     recipe: Recipe,
     models: RecipeModels,
-    engine: Engine,
+    engines: Mapping[str, Engine],
     scorer: Scorer,
     paths: DemoPaths,
     seed: int,
@@ -293,20 +318,23 @@ def _one_seed(
     seconds: dict[str, float] = {}
     rows: list[Row] = []
     t0 = time.perf_counter()
-    reporter.phase(f"scoring base and experts (seed {seed})", total=2 * (1 + len(SKILLS)))
+    reporter.phase(f"scoring base and experts (seed {seed})", total=3 * (1 + len(SKILLS)))
     named = {"base": models.base, **{f"expert-{s}": models.experts[s] for s in SKILLS}}
     for name, folder in named.items():
-        val = scorer.scores_of(folder, split="validation")
-        reporter.advance()
-        test = scorer.scores_of(folder, split="test")
-        reporter.advance()
+        scores = {}
+        for split in ("validation", "select", "test"):
+            scores[split] = scorer.scores_of(folder, split=split)
+            reporter.advance()
         kind = "base" if name == "base" else "expert"
-        rows.append(Row(name, kind, seed, test, val, model=str(folder)))
+        rows.append(
+            Row(name, kind, seed, scores["test"], scores["validation"], scores["select"], str(folder))
+        )
     seconds["base_and_experts"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     reporter.phase(
-        f"tuning baselines on validation (seed {seed})", total=count_settings(settings.grids, len(SKILLS))
+        f"tuning baselines: validation grids, the best again on select (seed {seed})",
+        total=count_settings(settings.grids, len(SKILLS)),
     )
     baselines = tune_baselines(
         scorer,
@@ -315,6 +343,7 @@ def _one_seed(
         union=models.union,
         out=paths.seed(seed) / "baselines",
         grids=settings.grids,
+        top_k=settings.top_k,
         progress=lambda _name: reporter.advance(),
     )
     reporter.phase(f"scoring baselines on test (seed {seed})", total=len(baselines))
@@ -323,55 +352,82 @@ def _one_seed(
         rows.append(_baseline_row(b, seed, scorer.scores_of(b.folder, split="test")))
         reporter.advance()
     seconds["baselines"] = time.perf_counter() - t0
-    tell(f"seed {seed}: baselines tuned on validation ({seconds['baselines']:.0f} s)")
+    tell(f"seed {seed}: baselines tuned ({seconds['baselines']:.0f} s)")
 
-    t0 = time.perf_counter()
-    state = engine.run()
-    seconds["cycleqd"] = time.perf_counter() - t0
-    cq_rows = cycleqd_rows(state, seed=seed, kind="cycleqd", prefix="cycleqd", run_dir=paths.cycleqd(seed))
-    rows += cq_rows
-    tell(f"seed {seed}: CycleQD, {state.generations} generations ({seconds['cycleqd']:.0f} s)")
+    evaluations: dict[str, int] = {}
+    for preset, engine in engines.items():
+        t0 = time.perf_counter()
+        state = engine.run()
+        seconds[f"cycleqd-{preset}"] = time.perf_counter() - t0
+        evaluations[preset] = child_evaluations(state)
+        rows += cycleqd_rows(
+            state, seed=seed, kind="cycleqd", name=f"cycleqd-{preset}", run_dir=engine.paths.root
+        )
+        tell(
+            f"seed {seed}: CycleQD {preset}, {state.generations} generations "
+            f"({seconds[f'cycleqd-{preset}']:.0f} s)"
+        )
+    _mark_final(rows)
 
     if settings.ablations:
         t0 = time.perf_counter()
         for name, change in ABLATIONS.items():
-            cfg = _run_config(settings, models, paths, recipe.splits(), seed=seed, changes=change)
+            cfg = _run_config(
+                settings, models, paths, recipe.splits(), seed=seed, preset="paper", changes=change
+            )
             folder = paths.ablation(seed, name)
             state_a = Engine.create(config_from_dict(cfg, root=paths.demo), folder, reporter=reporter).run()
             chosen = next(
                 r
-                for r in cycleqd_rows(state_a, seed=seed, kind="ablation", prefix=name, run_dir=folder)
+                for r in cycleqd_rows(state_a, seed=seed, kind="ablation", name=name, run_dir=folder)
                 if r.chosen
             )
-            chosen.name = name
             chosen.params = {**chosen.params, "change": change}
             rows.append(chosen)
             tell(f"seed {seed}: ablation {name} done")
         seconds["ablations"] = time.perf_counter() - t0
-    info = {"seed": seed, "recipe_key": recipe.key, "seconds": seconds}
+    _place_on_plane(rows, models)
+    info = {"seed": seed, "recipe_key": recipe.key, "seconds": seconds, "child_evaluations": evaluations}
     return rows, info
+
+
+def _place_on_plane(rows: list[Row], models: RecipeModels) -> None:
+    """Record each merged model's coordinates on the experts' task vectors (``params.plane``)."""
+    base = open_model(models.base)
+    experts = [open_model(models.experts[s]) for s in SKILLS]
+    for row in rows:
+        if row.kind in ("baseline", "cycleqd", "ablation") and row.model and Path(row.model).exists():
+            coords = plane_coordinates(base, experts, open_model(row.model))
+            row.params["plane"] = {
+                "coefficients": dict(zip(SKILLS, coords.coefficients, strict=True)),
+                "sum": coords.total,
+                "off_plane": coords.off_plane,
+            }
 
 
 def _baseline_row(b: Baseline, seed: int, test: dict[str, float]) -> Row:
     params = {"method": b.method, **b.params, "settings_tried": len(b.tried)}
-    return Row(b.name, "baseline", seed, test, b.validation, model=str(b.folder), params=params)
+    kind = "reference" if b.method == "fine-tune" else "baseline"
+    return Row(b.name, kind, seed, test, b.validation, b.select, model=str(b.folder), params=params)
 
 
-def cycleqd_rows(state: RunState, *, seed: int, kind: str, prefix: str, run_dir: Path) -> list[Row]:
-    """The final models of a finished run as rows: the aggregate and the best-average archive member.
+def child_evaluations(state: RunState) -> int:
+    """How many models a run scored on validation beyond the experts (children and seed merges)."""
+    return sum(1 for r in state.registry if r.kind.stored_in_run and "validation" in r.scores)
 
-    The chosen one is the one with the higher validation average (the aggregate on a tie, being the
-    paper's final model).
+
+def cycleqd_rows(state: RunState, *, seed: int, kind: str, name: str, run_dir: Path) -> list[Row]:
+    """A finished run's recommended model (the chosen row) and its aggregate (the paper's final model).
 
     Args:
         state: A finished run's state.
         seed: Its seed.
         kind: ``cycleqd`` or ``ablation``.
-        prefix: Name prefix of the rows.
+        name: Name of the recommended row (the aggregate's is ``<name>-aggregate``).
         run_dir: The run folder.
 
     Returns:
-        Two rows, exactly one of them chosen.
+        Two rows; the first, the recommendation, is chosen.
 
     Raises:
         CycleQDError: When the run is not finished.
@@ -379,44 +435,51 @@ def cycleqd_rows(state: RunState, *, seed: int, kind: str, prefix: str, run_dir:
     if not state.finished:
         raise CycleQDError(f"the run in {run_dir} did not finish")
     final = state.final
-    agg = final["aggregate"]
-    best_id = final["best_average"]
-    best = state.registry[best_id]
-    rows = [
-        Row(
-            f"{prefix}-aggregate",
-            kind,
-            seed,
-            dict(agg["test_scores"]),
-            dict(agg["validation_scores"]),
-            model=str(agg["path"]),
-            params={
-                "what": "softmax aggregation of the archive bests",
-                "elites": agg["elites"],
-                "weights": agg["weights"],
-            },
-        ),
-        Row(
-            f"{prefix}-best-average",
-            kind,
-            seed,
-            dict(final["test_scores"][best_id]),
-            dict(best.scores["validation"]),
-            model=str(run_dir / best.path) if best.path else best_id,
-            params={"what": "archive member with the best validation average", "model_id": best_id},
-        ),
-    ]
-    pick = 0 if average(rows[0].validation) >= average(rows[1].validation) else 1
-    rows[pick].chosen = True
-    return rows
+    choice = final["recommended"]
+    model_id = choice["model"]
+    rec = state.registry[model_id]
+    agg = state.registry[AGGREGATE_ID]
+    recommended = Row(
+        name,
+        kind,
+        seed,
+        dict(final["test_scores"][model_id]),
+        dict(rec.scores["validation"]),
+        dict(rec.scores.get("select", {})),
+        model=str(run_dir / choice["path"]),
+        params={
+            "what": f"the run's recommended model ({rec.kind.value} {model_id}, chosen on {choice['split']})",
+            "model_id": model_id,
+            "chosen_on": choice["split"],
+        },
+        chosen=True,
+    )
+    aggregate = Row(
+        f"{name}-aggregate",
+        kind,
+        seed,
+        dict(final["aggregate"]["test_scores"]),
+        dict(agg.scores["validation"]),
+        dict(agg.scores.get("select", {})),
+        model=str(final["aggregate"]["path"]),
+        params={
+            "what": "softmax aggregation of the archive bests (the paper's final model)",
+            "elites": final["aggregate"]["elites"],
+            "weights": final["aggregate"]["weights"],
+        },
+    )
+    return [recommended, aggregate]
 
 
 def _mark_final(rows: list[Row]) -> None:
-    """Flag the recommended model: the chosen CycleQD row with the best validation average."""
-    chosen = [r for r in rows if r.kind == "cycleqd" and r.chosen]
-    if chosen:
-        best = max(chosen, key=lambda r: (average(r.validation), -r.seed))
-        best.final = True
+    """Flag the seed's recommended CycleQD model: the presets' recommendation best on select."""
+    candidates = [r for r in rows if r.kind == "cycleqd" and r.chosen]
+    if candidates:
+        picked = choose(
+            [Candidate(str(i), r.validation, r.select or None) for i, r in enumerate(candidates)],
+            split="select" if all(r.select for r in candidates) else "validation",
+        )
+        candidates[int(picked.model_id)].final = True
 
 
 def _write_results(paths: DemoPaths, rows: list[Row]) -> None:
@@ -447,7 +510,5 @@ def _write_summary(
 
 
 def replace_settings(settings: DemoSettings, **changes: Any) -> DemoSettings:
-    """A copy of the settings with top-level fields changed (``generations`` goes to CycleQD's)."""
-    if "generations" in changes:
-        changes["cycleqd"] = replace(settings.cycleqd, generations=changes.pop("generations"))
+    """A copy of the settings with top-level fields changed."""
     return replace(settings, **changes)

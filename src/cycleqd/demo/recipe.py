@@ -41,7 +41,7 @@ from cycleqd.demo.train import TrainSettings, train
 from cycleqd.errors import CycleQDError
 
 #: Bumped whenever skills, data or training change in a way the recipe's fields do not show.
-RECIPE_VERSION = "2"
+RECIPE_VERSION = "3"
 
 #: Threads torch uses for training and evaluation (fixed: results must not depend on the machine).
 THREADS = 2
@@ -54,7 +54,8 @@ class Recipe:
     Attributes:
         seed: Seed of model initialisation and training batches.
         data_seed: Seed of the items (test inputs, tables, files) and of the splits.
-        validation: Validation items per skill.
+        validation: Validation items per skill (they drive evolution and the baselines' grids).
+        select: Select items per skill (they choose among the best candidates of each method).
         test: Test items per skill.
         shape: Model size.
         base: Pretraining of the base.
@@ -67,8 +68,9 @@ class Recipe:
 
     seed: int = 0
     data_seed: int = 0
-    validation: int = 100
-    test: int = 100
+    validation: int = 250
+    select: int = 250
+    test: int = 250
     shape: ModelShape = field(default_factory=ModelShape)
     base: TrainSettings = field(default_factory=lambda: TrainSettings(steps=200, lr=2e-3))
     expert: TrainSettings = field(default_factory=lambda: TrainSettings(steps=120, lr=1e-3))
@@ -105,9 +107,12 @@ class Recipe:
         return replace(self, seed=seed)
 
     def splits(self) -> dict[str, SkillSplits]:
-        """Skill → its train, validation and test items."""
+        """Skill → its train, validation, select and test items."""
         return {
-            s: make_splits(s, seed=self.data_seed, validation=self.validation, test=self.test) for s in SKILLS
+            s: make_splits(
+                s, seed=self.data_seed, validation=self.validation, select=self.select, test=self.test
+            )
+            for s in SKILLS
         }
 
     def base_mix(self) -> Mix:

@@ -14,6 +14,7 @@ from typing import Any
 from cycleqd.atomic import atomic_write_text
 from cycleqd.demo.claims import check_claims
 from cycleqd.engine.paths import RunPaths
+from cycleqd.engine.state import RunState
 from cycleqd.errors import CycleQDError
 from cycleqd.report.plots import plot_bars
 from cycleqd.report.run_report import draw_run, fmt, load_state, markdown_table, run_sections
@@ -42,7 +43,7 @@ def _pm(stats: Mapping[str, float] | None) -> str:
 def _results_table(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str]) -> str:
     body = []
     for r in rows:
-        mark = " **(final)**" if r.get("final") else (" (chosen)" if r.get("chosen") else "")
+        mark = " **(final)**" if r.get("final") else (" (recommended)" if r.get("chosen") else "")
         body.append(
             [
                 f"{r['name']}{mark}",
@@ -50,9 +51,12 @@ def _results_table(rows: Sequence[Mapping[str, Any]], tasks: Sequence[str]) -> s
                 *(fmt(r["test"].get(t)) for t in tasks),
                 f"**{fmt(r['average'])}**",
                 fmt(r.get("validation_average")),
+                fmt(r.get("select_average")),
             ]
         )
-    return markdown_table(["model", "kind", *tasks, "test average", "validation average"], body)
+    return markdown_table(
+        ["model", "kind", *tasks, "test average", "validation average", "select average"], body
+    )
 
 
 def _claims_text(claims: Mapping[str, Any]) -> str:
@@ -143,28 +147,34 @@ def write_demo_report(root: str | Path) -> Path:
     plots = RunPaths(root).plots
     out: list[str] = ["# CycleQD demo: the paper's experiment in miniature\n"]
     recipe = settings.get("recipe", {})
-    cq = settings.get("cycleqd", {})
+    presets = settings.get("presets", {})
     out.append(
         f"Three skills whose answers are executed for real (code in Python, db in SQLite, os in bash, all in "
         f"the sandbox); a {recipe.get('shape', {}).get('hidden_size', '?')}-wide, "
-        f"{recipe.get('shape', {}).get('layers', '?')}-layer Llama; {len(seeds)} seed(s); CycleQD with "
-        f"{cq.get('generations', '?')} generations, {cq.get('bins', '?')} bins per dimension (paper's range "
-        f"rule), elite sampling α {cq.get('alpha_low')}/{cq.get('alpha_high')}, crossover μ "
-        f"{cq.get('crossover_mean')} σ {cq.get('crossover_std')}, {cq.get('mutation')} mutation "
-        f"ρ {cq.get('rho')}. "
-        f"Validation {recipe.get('validation')} and test {recipe.get('test')} items per skill; every choice "
-        f"(baseline hyper-parameters, the final model) is made on validation.\n"
+        f"{recipe.get('shape', {}).get('layers', '?')}-layer Llama; {len(seeds)} seed(s); CycleQD with the "
+        f"presets {', '.join(f'`{p}`' for p in presets)}, {settings.get('generations', '?')} generations "
+        f"each. Validation {recipe.get('validation')}, select {recipe.get('select')} and test "
+        f"{recipe.get('test')} items per skill. Every method is chosen by one rule: its settings (the "
+        f"baselines' grids, CycleQD's elites) are scored on validation, the {settings.get('top_k', '?')} "
+        "best again on select (with CycleQD's aggregate), and the best on select is its row; the seed's "
+        "final model is the presets' recommendation best on select. Nothing is chosen on test.\n"
     )
+    for name, sections in presets.items():
+        out.append(f"- `{name}`: {_preset_text(sections)}")
+    out.append("")
     if settings.get("quick"):
         out.append("*Quick variant: tiny models and splits; the numbers mean nothing.*\n")
     out.append("## The claim\n")
     out.append(
-        "The CycleQD model chosen on validation beats every expert and every baseline on the test average, "
-        "and keeps at least half of each expert's gain over the base on that expert's skill.\n"
+        "The final CycleQD model beats every expert and every merging baseline on the test average, and "
+        "keeps at least half of each expert's gain over the base on that expert's skill. Fine-tuning on "
+        "all the data (`reference`) is shown beside it: it needs every expert's training data, which "
+        "merging does without, and in miniature it has no conflict to resolve between three small skills "
+        "that a tiny model can learn at once.\n"
     )
     out.append(_claims_text(claims))
     averages = claims["averages"]
-    order = [n for n in dict.fromkeys(r["name"] for r in rows)] + ["cycleqd (chosen)"]
+    order = [n for n in dict.fromkeys(r["name"] for r in rows)] + ["cycleqd (final)"]
     table = [
         [
             name,
@@ -188,14 +198,14 @@ def write_demo_report(root: str | Path) -> Path:
         tuned = [r for r in rows if r["seed"] == seed and r["kind"] == "baseline"]
         if tuned:
             out.append(
-                "Baselines as tuned on validation: "
+                "Baselines as chosen (validation grid, best again on select): "
                 + "; ".join(f"{r['name']} {_params_text(r['params'])}" for r in tuned)
                 + ".\n"
             )
     ablations = [r for r in rows if r["kind"] == "ablation"]
     if ablations:
-        out.append("\n## Ablations (same budget and seeds)\n")
-        names = ["cycleqd (chosen)", *dict.fromkeys(r["name"] for r in ablations)]
+        out.append("\n## Ablations of the `paper` preset (same budget, seeds and choice rule)\n")
+        names = ["cycleqd-paper", *dict.fromkeys(r["name"] for r in ablations)]
         out.append(
             markdown_table(
                 ["variant", "test average (mean ± sd)", *(f"seed {s}" for s in seeds)],
@@ -206,19 +216,7 @@ def write_demo_report(root: str | Path) -> Path:
                         *(
                             fmt(
                                 next(
-                                    (
-                                        r["average"]
-                                        for r in rows
-                                        if r["seed"] == s
-                                        and (
-                                            r["name"] == n
-                                            or (
-                                                n == "cycleqd (chosen)"
-                                                and r["kind"] == "cycleqd"
-                                                and r["chosen"]
-                                            )
-                                        )
-                                    ),
+                                    (r["average"] for r in rows if r["seed"] == s and r["name"] == n),
                                     None,
                                 )
                             )
@@ -229,6 +227,8 @@ def write_demo_report(root: str | Path) -> Path:
                 ],
             )
         )
+    out.append("\n## Which causes of a weak final model still hold\n")
+    out.append(_causes_text(rows, settings))
     agg = _aggregation_notes(rows)
     if agg:
         out.append("\n## What the final aggregation merged\n")
@@ -249,8 +249,117 @@ def write_demo_report(root: str | Path) -> Path:
     return report
 
 
+def standard_error(scores: Mapping[str, float], n_items: int) -> float:
+    """Binomial standard error of a task average: √(Σ_t p_t (1 − p_t) / n) / T for n items per task."""
+    if not scores or n_items < 1:
+        return float("nan")
+    return (sum(p * (1 - p) for p in scores.values()) / n_items) ** 0.5 / len(scores)
+
+
+def _causes_text(rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any]) -> str:
+    """Numbers for the causes of a weak final model: noise in the choice, the merge plane, budget."""
+    recipe = settings.get("recipe", {})
+    lines = ["1. **The choice is noisy.** A run's recommendation is its best candidate on select, not on "
+             "validation, which drove evolution and so flatters its winners. Validation → select → test "
+             "averages of each recommendation and of the run's best elite by validation, with the "
+             "binomial standard error of a 3-skill average on select:\n"]  # fmt: skip
+    table = []
+    for r in rows:
+        if r["kind"] not in ("cycleqd", "ablation") or not r.get("chosen"):
+            continue
+        run_dir = Path(r["model"]).parent
+        best = _best_validation_elite(run_dir)
+        se = standard_error(r["select"], int(recipe.get("select") or 0)) if r.get("select") else None
+        table.append(
+            [
+                r["seed"],
+                r["name"],
+                r["params"].get("model_id", "-"),
+                f"{fmt(r['validation_average'])} → {fmt(r.get('select_average'))} → {fmt(r['average'])}",
+                f"{best[0]}: {fmt(best[1])} → {fmt(best[2])}" if best else "-",
+                fmt(se),
+            ]
+        )
+    lines.append(
+        markdown_table(
+            ["seed", "run", "recommended", "val → select → test", "best by validation: val → test", "SE"],
+            table,
+        )
+    )
+    lines.append(
+        "\n2. **Children stay on the experts' plane.** Least-squares coordinates of each merged model's "
+        "task vector on the experts' task vectors: Σ a_k is 1 on the paper's crossover plane (average "
+        "merge: 1, task arithmetic with λ: 3λ), and the off-plane share is ‖r‖ / ‖τ‖ of what is left:\n"
+    )
+    plane = []
+    for r in rows:
+        coords = r.get("params", {}).get("plane")
+        if coords and r["seed"] == min(x["seed"] for x in rows):
+            plane.append(
+                [
+                    r["name"],
+                    ", ".join(f"{t} {a:.2f}" for t, a in coords["coefficients"].items()),
+                    f"{coords['sum']:.2f}",
+                    f"{coords['off_plane']:.1%}",
+                    fmt(r["average"]),
+                ]
+            )
+    lines.append(markdown_table(["model (first seed)", "a_k", "Σ a_k", "off plane", "test average"], plane))
+    lines.append(
+        f"\n3. **The budget.** {settings.get('generations', '?')} generations per run (paper: 1200). "
+        "Archive cells filled and whether each archive's best is still its expert, first seed:\n"
+    )
+    budget = []
+    for r in rows:
+        if r["kind"] != "cycleqd" or not r.get("chosen") or r["seed"] != min(x["seed"] for x in rows):
+            continue
+        state = RunState.load(RunPaths(Path(r["model"]).parent).checkpoint)
+        cells = ", ".join(f"{t} {len(state.archives[t])}/{state.archives[t].n_cells}" for t in state.tasks)
+        bests = ", ".join(
+            f"{t}: {'expert' if state.archives[t].best().model_id.startswith('expert-') else 'evolved'}"
+            for t in state.tasks
+        )
+        budget.append([r["name"], cells, bests])
+    lines.append(markdown_table(["run", "cells filled", "archive bests"], budget))
+    return "\n".join(lines) + "\n"
+
+
+def _best_validation_elite(run_dir: Path) -> tuple[str, float, float] | None:
+    """The elite with the best validation average of a run: (id, validation, test average)."""
+    paths = RunPaths(run_dir)
+    if not paths.checkpoint.exists():
+        return None
+    state = RunState.load(paths.checkpoint)
+    model_id = state.final.get("best_average")
+    test = state.final.get("test_scores", {}).get(model_id)
+    if model_id is None or test is None:
+        return None
+    val = state.registry[model_id].scores["validation"]
+    return model_id, sum(val.values()) / len(val), sum(test.values()) / len(test)
+
+
+def _preset_text(sections: Mapping[str, Any]) -> str:
+    if not sections:
+        return "the paper's settings (the config defaults)."
+    parts = []
+    for section, value in sections.items():
+        if section == "init":
+            merges = value.get("merges", [])
+            parts.append(
+                "archives seeded with "
+                + ", ".join(
+                    m["method"] + "".join(f" {k}={v}" for k, v in m.get("params", {}).items()) for m in merges
+                )
+            )
+        elif isinstance(value, Mapping):
+            parts.append(f"{section}: " + ", ".join(f"{k}={_short(v)}" for k, v in value.items()))
+        else:
+            parts.append(f"{section}={_short(value)}")
+    return "; ".join(parts) + "."
+
+
 def _params_text(params: Mapping[str, Any]) -> str:
-    shown = {k: v for k, v in params.items() if k not in ("method", "settings_tried")}
+    shown = {k: v for k, v in params.items() if k not in ("method", "settings_tried", "plane")}
     inner = ", ".join(f"{k}={_short(v)}" for k, v in shown.items())
     return f"({inner}; {params.get('settings_tried', 1)} settings tried)"
 

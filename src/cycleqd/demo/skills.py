@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import random
 import string
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,8 +131,8 @@ def _code_two_steps(rng: random.Random) -> list[tuple[str, str, dict[str, Any]]]
     ]
     out = []
     for q, a, fn in forms:
-        for n in range(2, 10):
-            for m in range(2, 10):
+        for n in range(2, 16):
+            for m in range(2, 16):
                 tests = _int_tests(fn(n, m), rng, around=n)
                 out.append((q.format(n=n, m=m), a.format(n=n, m=m), {"tests": tests}))
     return out
@@ -175,7 +175,7 @@ def _code_each(rng: random.Random) -> list[tuple[str, str, dict[str, Any]]]:
     ]
     out = []
     for q, a, make in forms:
-        for n in range(1, 21):
+        for n in range(1, 31):
             out.append((q.format(n=n), a.format(n=n), {"tests": _list_tests(make(n), rng, hi=30)}))
     return out
 
@@ -188,7 +188,7 @@ def _code_conditional(rng: random.Random) -> list[tuple[str, str, dict[str, Any]
     ]
     out = []
     for q, a, make in forms:
-        for n in range(2, 31):
+        for n in range(2, 41):
             out.append((q.format(n=n), a.format(n=n), {"tests": _int_tests(make(n), rng, around=n)}))
     return out
 
@@ -492,40 +492,49 @@ class SkillSplits:
     Attributes:
         skill: The skill.
         train: Items to train on.
-        validation: Items that drive evolution and every choice the demo makes.
+        validation: Items that drive evolution and every grid search of the baselines.
+        select: Items that choose among the few best candidates (never seen by evolution).
         test: Held-out items, only for reporting.
     """
 
     skill: str
     train: list[SkillItem]
     validation: list[SkillItem]
+    select: list[SkillItem]
     test: list[SkillItem]
 
     def split(self, name: str) -> list[SkillItem]:
-        """Items of a split by name (``train``, ``validation``, ``test``)."""
-        return {"train": self.train, "validation": self.validation, "test": self.test}[name]
+        """Items of a split by name (``train``, ``validation``, ``select``, ``test``)."""
+        return {"train": self.train, "validation": self.validation, "select": self.select, "test": self.test}[
+            name
+        ]
 
 
-def make_splits(skill: str, *, seed: int, validation: int, test: int) -> SkillSplits:
-    """Cut a skill's items into disjoint train, validation and test splits.
+def make_splits(skill: str, *, seed: int, validation: int, test: int, select: int = 0) -> SkillSplits:
+    """Cut a skill's items into disjoint train, validation, select and test splits.
 
-    Validation and test take items from the templates in turn (each template's items shuffled with the
-    seed), so every template is about equally represented in them; the rest is training data.
+    The evaluation splits take items from the templates in turn (each template's items shuffled with
+    the seed), so every template is about equally represented in them, and no template gives more
+    than two thirds of its items to them: the rest is training data, with every template in it.
 
     Args:
         skill: The skill.
         seed: Data seed.
         validation: Number of validation items.
         test: Number of test items.
+        select: Number of select items (0: no select split).
 
     Returns:
         The splits.
 
     Raises:
-        ValueError: When the sizes are not positive or leave too little training data.
+        ValueError: When the sizes are not positive or the templates cannot fill them.
     """
-    if validation < 1 or test < 1:
-        raise ValueError(f"validation and test sizes must be positive, got {validation} and {test}")
+    if validation < 1 or test < 1 or select < 0:
+        raise ValueError(
+            f"validation and test sizes must be positive and select not negative, got {validation}, "
+            f"{test} and {select}"
+        )
     items = enumerate_items(skill, seed=seed)
     pools: dict[str, list[SkillItem]] = {}
     for item in items:
@@ -533,28 +542,25 @@ def make_splits(skill: str, *, seed: int, validation: int, test: int) -> SkillSp
     rng = random.Random(f"{seed}/{skill}/splits")
     for pool in pools.values():
         rng.shuffle(pool)
-    taken: list[list[SkillItem]] = [[], []]
-    for k, n in enumerate((validation, test)):
-        for item in _round_robin(list(pools.values()), n):
-            taken[k].append(item)
-    used = {i.id for part in taken for i in part}
-    train = [i for i in items if i.id not in used]
-    if len(train) < len(items) // 3:
+    # Items are popped from the end: the first third of each shuffled pool stays for training.
+    eligible = [pool[len(pool) // 3 :] for pool in pools.values()]
+    sizes = {"validation": validation, "select": select, "test": test}
+    taken: dict[str, list[SkillItem]] = {name: [] for name in sizes}
+    # Each pass gives every split that still needs items one item of every template in turn, so that
+    # the splits get the same mix of templates.
+    while any(len(taken[n]) < sizes[n] for n in sizes) and any(eligible):
+        for pool in eligible:
+            for name in sizes:
+                if pool and len(taken[name]) < sizes[name]:
+                    taken[name].append(pool.pop())
+    if any(len(taken[n]) < sizes[n] for n in sizes):
         raise ValueError(
-            f"skill {skill}: {validation} validation and {test} test items leave only {len(train)} of "
-            f"{len(items)} items for training; use smaller splits"
+            f"skill {skill}: its {len(items)} items cannot give {sum(sizes.values())} evaluation items and "
+            "keep a third of every template for training; use smaller splits"
         )
-    return SkillSplits(skill=skill, train=train, validation=taken[0], test=taken[1])
-
-
-def _round_robin(pools: list[list[SkillItem]], n: int) -> Iterator[SkillItem]:
-    """Pop ``n`` items from the pools in turn (pools run dry are skipped)."""
-    given = 0
-    while given < n and any(pools):
-        for pool in pools:
-            if pool and given < n:
-                yield pool.pop()
-                given += 1
+    used = {i.id for part in taken.values() for i in part}
+    train = [i for i in items if i.id not in used]
+    return SkillSplits(skill=skill, train=train, **taken)
 
 
 def basic_templates(skill: str) -> set[str]:
