@@ -146,3 +146,52 @@ def test_tensors_of_the_base_files_are_never_recycled(tiny_models) -> None:
     builder.recycle(mapped)
     builder.build(_job(tiny_models))
     assert all(torch.equal(mapped[n], before[n]) for n in mapped)  # the mapped file was not written
+
+
+@pytest.mark.parametrize("mutation", [NoMutation(), GaussianMutation(sigma=0.01)], ids=["none", "gaussian"])
+def test_a_drawn_scale_gives_theta0_plus_s_times_the_merged_task_vectors(tiny_models, mutation) -> None:
+    builder = ChildBuilder(
+        base=open_model(tiny_models["base"]),
+        mutation=mutation,
+        crossover_std=0.2,
+        per_layer=True,
+        layer_std=0.1,
+        scale_std=0.3,
+    )
+    job = _job(tiny_models)
+    weights, fingerprint, plan, _ = builder.build(job)
+    assert plan.scale != 1.0
+    assert plan.to_record()["scale"] == plan.scale
+    seed = derive_seed(job.seed, "mutation")
+    base, p1, p2 = (open_model(tiny_models[k]) for k in ("base", "e1", "e2"))
+    for name in base:
+        b = base[name].float()
+        w = plan.weights_for(name)  # already multiplied by the scale
+        assert sum(w) == pytest.approx(plan.scale)
+        expected = b + w[0] * (p1[name].float() - b) + w[1] * (p2[name].float() - b)
+        if isinstance(mutation, GaussianMutation) and expected.ndim == 2 and "norm" not in name:
+            expected = expected + torch.randn(expected.shape, generator=make_generator(seed, name)) * 0.01
+        assert torch.allclose(weights[name], expected, atol=1e-6), name
+    # The scale is part of what the fingerprint hashes.
+    plain = ChildBuilder(base=open_model(tiny_models["base"]), mutation=mutation, crossover_std=0.2)
+    assert plain.build(job)[1] != fingerprint
+
+
+def test_a_ties_crossover_merges_the_parents_task_vectors_with_the_drawn_weights(tiny_models) -> None:
+    from cycleqd.operators.crossover import MergeCrossover
+    from cycleqd.operators.merge.ties import ties
+
+    merge = MergeCrossover(method="ties", params={"density": 0.5})
+    builder = ChildBuilder(
+        base=open_model(tiny_models["base"]), mutation=NoMutation(), crossover_std=0.2, merge=merge
+    )
+    job = _job(tiny_models)
+    weights, fingerprint, plan, _ = builder.build(job)
+    base, p1, p2 = (open_model(tiny_models[k]) for k in ("base", "e1", "e2"))
+    for name in base:
+        b = base[name].float()
+        taus = [p1[name].float() - b, p2[name].float() - b]
+        tau = ties(taus, weights=plan.weights_for(name), densities=[0.5, 0.5], normalize=False)
+        assert torch.allclose(weights[name], b + tau, atol=1e-6), name
+    linear = ChildBuilder(base=open_model(tiny_models["base"]), mutation=NoMutation(), crossover_std=0.2)
+    assert linear.build(job)[1] != fingerprint

@@ -101,3 +101,43 @@ def test_damaged_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     )
     with pytest.raises(CycleQDError, match="is not a readable checkpoint"):
         RunState.load(ck)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"preset": "fast"}, "preset: unknown preset 'fast'; choose one of paper, offplane"),
+        ({"crossover": {"layer_std": 0.1}}, "layer_std applies to per-layer crossover; set per_layer: true"),
+        ({"crossover": {"method": "slerp"}}, "slerp merges 1 model(s) with the base; a crossover merges two"),
+        ({"crossover": {"method": "tie"}}, "unknown merge method 'tie'; choose one of linear"),
+        ({"crossover": {"method": "ties", "params": {"densty": 0.5}}}, "ties has no parameter 'densty'"),
+        ({"crossover": {"params": {"weight": 0.5}}}, "weight is drawn by the crossover"),
+        ({"crossover": {"scale_std": -0.1}}, "crossover.scale_std"),
+        ({"init": {"merges": [{"method": "slerp", "params": {"t": 0.5}}]}}, "slerp merges exactly 1 model"),
+        ({"init": {"merges": [{"method": "ties", "params": {"lambda": "big"}}]}}, "lambda must be a number"),
+        ({"final": {"top_k": 0}}, "final.top_k"),
+    ],
+)
+def test_options_beyond_the_paper_are_checked(tmp_path: Path, change: dict, message: str) -> None:
+    cfg = write_toy_config(tmp_path, **change)
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg)
+    assert message in str(err.value)
+
+
+def test_a_preset_sets_defaults_under_the_file(tmp_path: Path) -> None:
+    cfg = load_config(write_toy_config(tmp_path, preset="offplane", crossover={"mean": 1.0, "std": 0.05}))
+    assert cfg.preset == "offplane"
+    assert cfg.crossover.std == 0.05  # the file wins
+    assert cfg.crossover.per_layer  # the preset's
+    assert cfg.crossover.scale_std == 0.1
+    assert [m.method for m in cfg.init.merges] == [
+        "linear",
+        "task_arithmetic",
+        "task_arithmetic",
+        "task_arithmetic",
+    ]
+    (tmp_path / "paper").mkdir()
+    paper = load_config(write_toy_config(tmp_path / "paper", preset="paper"))
+    assert paper.crossover.std == 0.3  # examples/toy.yaml's own
+    assert not paper.init.merges
