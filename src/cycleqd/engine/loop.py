@@ -721,11 +721,9 @@ class Engine:
         )
         state.registry.add(agg_record)
         elites = {e.model_id: e for t in cfg.task_names for e in state.archives[t].elites()}
-        best_average = top_by_validation({m: e.scores for m, e in elites.items()}, 1)[0]
-        candidates = [
-            *top_by_validation({m: e.scores for m, e in elites.items()}, cfg.final.top_k),
-            AGGREGATE_ID,
-        ]
+        by_id = {m: elites[m].scores for m in sorted(elites)}  # ties go to the smaller id
+        best_average = top_by_validation(by_id, 1)[0]
+        candidates = [*top_by_validation(by_id, cfg.final.top_k), AGGREGATE_ID]
         split = self._choice_split()
         opened: dict[str, ModelSource] = {AGGREGATE_ID: agg}
 
@@ -758,6 +756,17 @@ class Engine:
                 "drove evolution, so its validation score is optimistic; give the tasks select items"
             )
         copy_model(self._model_path(state, chosen), self.paths.final, template=self._base)
+        choice = {
+            "split": split,
+            "model": chosen,
+            "path": self.paths.final.name,  # relative to the run folder, which may move
+            "top_k": cfg.final.top_k,
+            "candidates": [
+                {"model": m, **{k: v for k, v in state.registry[m].scores.items() if k != "test"}}
+                for m in candidates
+            ],
+        }
+        atomic_write_text(self.paths.choice, json.dumps(choice, indent=1) + "\n")
         crash_point("after-final", state.generation)
         # Test scores are for reporting only; they are made after the choice and never read by it.
         to_test = [
@@ -772,22 +781,8 @@ class Engine:
         self.reporter.phase("final evaluation on test", total=len(order))
         for model_id in order:
             rec = state.registry[model_id]
-            src = (
-                source(model_id) if model_id in candidates else open_model(self._model_path(state, model_id))
-            )
-            rec.scores["test"] = self._scores(src, rec.fingerprint, "test")
+            rec.scores["test"] = self._scores(source(model_id), rec.fingerprint, "test")
             self.reporter.advance()
-        choice = {
-            "split": split,
-            "model": chosen,
-            "path": self.paths.final.name,  # relative to the run folder, which may move
-            "top_k": cfg.final.top_k,
-            "candidates": [
-                {"model": m, **{k: v for k, v in state.registry[m].scores.items() if k != "test"}}
-                for m in candidates
-            ],
-        }
-        atomic_write_text(self.paths.choice, json.dumps(choice, indent=1) + "\n")
         state.final = {
             "aggregate": {
                 "path": str(self.paths.aggregate),
