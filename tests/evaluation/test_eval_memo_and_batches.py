@@ -21,15 +21,17 @@ from cycleqd.evaluation.tasks.sqlenv import run_sql_batch
 
 
 class CountingSandbox(Sandbox):
-    """A sandbox that counts the programs it starts."""
+    """A sandbox that counts the sandboxed runs it starts (a batch of programs is one run)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.runs = 0
+        self.probe()  # once, before counting (batches ask what isolation the machine has)
+        self.runs = 0
 
-    def _execute(self, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
+    def _launch(self, *args: Any, **kwargs: Any):  # type: ignore[no-untyped-def]
         self.runs += 1
-        return super()._execute(*args, **kwargs)
+        return super()._launch(*args, **kwargs)
 
 
 @pytest.fixture
@@ -69,7 +71,11 @@ BARE = [{k: v for k, v in i.items() if k != "reference"} for i in CODE]
 
 def test_answer_prefix_completes_the_program_and_references_are_remembered(counting) -> None:
     task = PythonCodeTask(
-        name="code", data=_data(CODE), context=_ctx(counting), answer_prefix="def f(x): return "
+        name="code",
+        data=_data(CODE),
+        context=_ctx(counting),
+        answer_prefix="def f(x): return ",
+        check_batch=1,  # one sandbox per answer, so that runs count answers
     )
     task.prepare("validation")
     assert counting.runs == 2  # each reference checked once in the sandbox
@@ -215,7 +221,9 @@ def test_shell_references_are_run_once_and_shared_by_identical_tasks(counting) -
         {"id": "new", "instruction": "mkdir d", "files": {}, "reference": "mkdir d"},
     ]
     signature = f"test-{uuid.uuid4().hex}"  # identical tasks have equal signatures (set by build_tasks)
-    first, twin = (ShellTask(name="os", data=_data(items), context=_ctx(counting)) for _ in range(2))
+    first, twin = (
+        ShellTask(name="os", data=_data(items), context=_ctx(counting), check_batch=1) for _ in range(2)
+    )
     first.signature = twin.signature = signature
     first.prepare("validation")
     assert counting.runs == 2
@@ -224,6 +232,6 @@ def test_shell_references_are_run_once_and_shared_by_identical_tasks(counting) -
     result = twin.score_predictions({"list": "sort a.txt", "new": "mkdir e"}, split="validation")
     assert [i.correct for i in result.items] == [True, False]
     assert counting.runs == 3  # only "mkdir e" ran
-    other = ShellTask(name="os", data=_data(items), context=_ctx(counting))  # no signature: its own
+    other = ShellTask(name="os", data=_data(items), context=_ctx(counting), check_batch=1)  # its own
     other.prepare("validation")
     assert counting.runs == 5

@@ -5,7 +5,8 @@ into its parameters in place (no new model, no new allocation). Generation sorts
 left-pads each batch (attention mask and position ids account for the padding, so a prompt's answer
 does not depend on its batch), runs the prompt through the model once, then decodes one token per step
 from the KV cache, dropping finished sequences from the batch. A sequence ends at an end-of-sequence
-token, at a stop string (cut, not included) or at ``max_new_tokens``.
+token, at a stop string (cut, not included) or at ``max_new_tokens``. The cache has room for the tokens
+to come from the start (:mod:`~cycleqd.evaluation.backends.kvcache`), so that a step does not copy it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 
 from cycleqd.errors import ConfigError, ModelLoadError
 from cycleqd.evaluation.backends.codec import PromptCodec
+from cycleqd.evaluation.backends.kvcache import roomy_cache
 from cycleqd.evaluation.backends.loading import quiet_loading
 from cycleqd.evaluation.base import Backend, Prompt
 from cycleqd.weights.dtypes import dtype_name, parse_dtype
@@ -257,7 +259,12 @@ class HFBackend(Backend):
         # Each sequence's positions count its own tokens only, so padding does not shift them.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         logits, cache = self._forward(
-            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            cache=roomy_cache(self.model.config, room=max_new_tokens),
         )
         next_pos = positions[:, -1:] + 1
         generated: list[list[int]] = [[] for _ in range(n)]

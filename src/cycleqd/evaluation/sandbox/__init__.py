@@ -3,6 +3,7 @@
 See ``docs/sandbox.md`` for what is isolated with and without root.
 """
 
+from cycleqd.evaluation.sandbox.batch import JobOutcome, SandboxJob, batch_unavailable, run_alone, run_batch
 from cycleqd.evaluation.sandbox.core import (
     ISOLATION_NAMES,
     IsolationReport,
@@ -17,10 +18,15 @@ from cycleqd.evaluation.sandbox.core import (
 __all__ = [
     "ISOLATION_NAMES",
     "IsolationReport",
+    "JobOutcome",
     "Sandbox",
+    "SandboxJob",
     "SandboxLimits",
     "SandboxResult",
     "SandboxSession",
     "SandboxUnavailableError",
+    "batch_unavailable",
+    "run_alone",
+    "run_batch",
     "write_files",
 ]

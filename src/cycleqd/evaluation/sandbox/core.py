@@ -3,7 +3,8 @@
 Everything a model writes that gets executed (Python, SQL, shell) goes through :class:`Sandbox`. The
 parent only prepares a folder, starts :mod:`~cycleqd.evaluation.sandbox.launcher` in a new session and
 watches the clock and the output; the launcher does the isolation (see its docstring and
-``docs/sandbox.md``). The standard library is all this needs.
+``docs/sandbox.md``). Several programs can share one sandboxed run, each still on its own
+(:mod:`~cycleqd.evaluation.sandbox.batch`). The standard library is all this needs.
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from cycleqd.errors import CycleQDError
 from cycleqd.evaluation.sandbox.cgroup import CgroupSet, create_cgroups
+
+if TYPE_CHECKING:
+    from cycleqd.evaluation.sandbox.batch import JobOutcome, SandboxJob
 
 LAUNCHER = Path(__file__).with_name("launcher.py")
 SYSTEM_BINDS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
@@ -58,6 +62,25 @@ ISOLATION_NAMES: dict[str, str] = {
 
 class SandboxUnavailableError(CycleQDError):
     """The isolation the configuration requires is not available on this machine."""
+
+
+@dataclass
+class Launched:
+    """A started launcher.
+
+    Attributes:
+        proc: The launcher process (leader of its own session).
+        report_r: Read end of its report pipe.
+        cgroups: The cgroups it joined (removed by the caller when done).
+        notes: Notes from making the cgroups.
+        start: ``time.monotonic()`` just before it started.
+    """
+
+    proc: subprocess.Popen[bytes]
+    report_r: int
+    cgroups: CgroupSet
+    notes: list[str]
+    start: float
 
 
 @dataclass(frozen=True)
@@ -229,13 +252,17 @@ def _chown_tree(folder: Path, uid: int, gid: int) -> None:
             os.chown(os.path.join(dirpath, n), uid, gid, follow_symlinks=False)
 
 
-def _rmtree(path: Path) -> None:
+def _rmtree(path: str | Path) -> None:
     def onerror(func, p, _exc):  # type: ignore[no-untyped-def]
-        # Folders the program made unwritable: make them writable again, then retry once.
+        # Folders the program made unreadable or unwritable (it owns them, or we are root): open
+        # them up, then retry once; a folder that could not be opened or listed is removed whole.
         with contextlib.suppress(OSError):
             os.chmod(os.path.dirname(p), 0o700)
             os.chmod(p, 0o700)
-            func(p)
+            if func in (os.open, os.scandir, os.listdir):
+                shutil.rmtree(p)
+            else:
+                func(p)
 
     shutil.rmtree(path, onerror=onerror)
 
@@ -554,18 +581,16 @@ class Sandbox:
             )
 
     # -- internals ---------------------------------------------------------------------------------
-    def _execute(
-        self,
-        session: SandboxSession,
-        argv: list[str],
-        *,
-        stdin: str | bytes | None,
-        limits: SandboxLimits,
-        env: Mapping[str, str] | None,
-    ) -> SandboxResult:
-        if not argv:
-            raise ValueError("argv must name a program")
-        run_env = {
+    def _execute_batch(
+        self, session: SandboxSession, jobs: list[SandboxJob], *, limits: SandboxLimits
+    ) -> list[JobOutcome | None]:
+        """Run a batch in a session's folder (see :func:`~cycleqd.evaluation.sandbox.batch.run_batch`)."""
+        from cycleqd.evaluation.sandbox.batch import execute_batch
+
+        return execute_batch(self, session, jobs, limits=limits)
+
+    def _run_env(self, session: SandboxSession, env: Mapping[str, str] | None) -> dict[str, str]:
+        return {
             "PATH": PATH,
             "LANG": "C.UTF-8",
             "LC_ALL": "C.UTF-8",
@@ -575,12 +600,41 @@ class Sandbox:
             "PYTHONIOENCODING": "utf-8",
             **(env or {}),
         }
+
+    def _launch(
+        self,
+        session: SandboxSession,
+        argv: list[str],
+        *,
+        stdin: bool,
+        limits: SandboxLimits,
+        env: Mapping[str, str] | None,
+        batch: Mapping[str, object] | None = None,
+        memory_extra_mb: int = 0,
+    ) -> Launched:
+        """Start the launcher for one run (or, with ``batch``, for the batch supervisor).
+
+        Args:
+            session: The session whose folder the run uses.
+            argv: The program.
+            stdin: Give the launcher a pipe on stdin (else ``/dev/null``).
+            limits: The run's limits.
+            env: Extra environment variables.
+            batch: Settings of a batch (see :mod:`~cycleqd.evaluation.sandbox.batch`).
+            memory_extra_mb: Memory granted to the sandbox as a whole beyond ``limits.memory_mb`` (for
+                the batch supervisor's own buffers).
+
+        Returns:
+            The started launcher.
+        """
+        run_env = self._run_env(session, env)
         cgroups = CgroupSet()
         notes: list[str] = []
         if os.geteuid() == 0 and self.isolation_mode != "off":
-            # +2: the launcher and the program's first process.
+            # +2: the launcher and the program's first process (or the batch supervisor).
             cgroups, notes = create_cgroups(
-                max_processes=limits.max_processes + 2, memory_bytes=limits.memory_mb * 1024 * 1024
+                max_processes=limits.max_processes + 2,
+                memory_bytes=(limits.memory_mb + memory_extra_mb) * 1024 * 1024,
             )
         report_r, report_w = os.pipe()
         config = {
@@ -599,11 +653,13 @@ class Sandbox:
             "report_fd": report_w,
             "mount_api": self.mount_api,
         }
+        if batch is not None:
+            config["batch"] = dict(batch)
         start = time.monotonic()
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", str(LAUNCHER), json.dumps(config)],
-                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
@@ -618,10 +674,26 @@ class Sandbox:
             cgroups.remove()
             raise
         os.close(report_w)
+        return Launched(proc=proc, report_r=report_r, cgroups=cgroups, notes=notes, start=start)
+
+    def _execute(
+        self,
+        session: SandboxSession,
+        argv: list[str],
+        *,
+        stdin: str | bytes | None,
+        limits: SandboxLimits,
+        env: Mapping[str, str] | None,
+    ) -> SandboxResult:
+        if not argv:
+            raise ValueError("argv must name a program")
+        run = self._launch(session, argv, stdin=stdin is not None, limits=limits, env=env)
         try:
-            return self._watch(proc, report_r, stdin, limits, start, cgroups, session, notes)
+            return self._watch(
+                run.proc, run.report_r, stdin, limits, run.start, run.cgroups, session, run.notes
+            )
         finally:
-            cgroups.remove()
+            run.cgroups.remove()
 
     def _watch(
         self,

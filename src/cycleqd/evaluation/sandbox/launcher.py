@@ -19,18 +19,40 @@ Steps, each best effort, with what took effect written to the report pipe as JSO
    when the launcher dies;
 5. the init runs the program as its child, reaps orphans, and when the program ends reports its exit
    status, peak memory and CPU time and exits, which kills what is left in the namespace.
+
+For a batch (``batch`` in the configuration) the init runs :mod:`supervisor` instead, which checks the
+programs sent on stdin one after another, each on its own (see that module).
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import errno
-import json
 import os
-import resource
-import signal
-import sys
+
+
+def _vm_kb() -> int:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+# The address space of an interpreter that has just started (measured before the imports below): a
+# program of a batch run in a fork of the supervisor gets what the supervisor holds beyond it on top
+# of its memory limit, as if it had started afresh.
+_FRESH_VM_KB = _vm_kb()
+
+import contextlib  # noqa: E402
+import ctypes  # noqa: E402
+import errno  # noqa: E402
+import json  # noqa: E402
+import resource  # noqa: E402
+import signal  # noqa: E402
+import stat  # noqa: E402
+import sys  # noqa: E402
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -58,8 +80,10 @@ MOUNT_ATTR_RDONLY = 0x1
 MOUNT_ATTR_NOSUID = 0x2
 
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 DEVICES = ("null", "zero", "full", "random", "urandom")
 
@@ -82,7 +106,22 @@ class _MountAttr(ctypes.Structure):
     )
 
 
+class _CapHeader(ctypes.Structure):
+    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = (
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    )
+
+
 _libc = ctypes.CDLL(None, use_errno=True)
+#: The batch supervisor module, loaded (before the root changes) when the configuration asks for a
+#: batch. (No ``typing`` here: every sandboxed run starts this script, and that import costs.)
+_SUPERVISOR = None
 
 
 def _check(ret: int, what: str) -> None:
@@ -256,6 +295,100 @@ def _drop_capabilities() -> bool:
     return ok
 
 
+def _clear_capabilities() -> bool:
+    """Empty the effective, permitted and inheritable capability sets of this process."""
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    return _libc.capset(ctypes.byref(header), data) == 0
+
+
+class AnswerIsolation:
+    """What each program of a batch gets on top of the batch's sandbox (the supervisor calls it).
+
+    Args:
+        cfg: The launcher's configuration.
+    """
+
+    def __init__(self, cfg: dict) -> None:
+        self.cfg = cfg
+
+    def enter(self) -> None:
+        """Fresh IPC and mount namespaces and an empty private ``/tmp``: nothing a program before left."""
+        _check(_libc.unshare(ctypes.c_int(CLONE_NEWIPC | CLONE_NEWNS)), "unshare")
+        # What is mounted under /tmp (the session folder, when it lies in the host's /tmp) is kept
+        # through the fresh /tmp: reached by descriptors opened before it is covered, bound again.
+        below = sorted({p for p in _mount_points() if p.startswith("/tmp/")}, key=lambda p: p.count("/"))
+        kept = [(p, os.open(p, os.O_PATH)) for p in below]
+        _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={self.cfg['tmp_bytes']},mode=1777")
+        for path, fd in kept:
+            if stat.S_ISDIR(os.fstat(fd).st_mode):
+                os.makedirs(path, exist_ok=True)
+            else:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with open(path, "a"):
+                    pass
+            _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND)
+            os.close(fd)
+
+    def drop(self, rlimits: dict, *, uid: int | None) -> None:
+        """What the init of a single run gives its program: limits, no capabilities, a throwaway uid.
+
+        Args:
+            rlimits: The limits (as :meth:`SandboxLimits.rlimits` gives them).
+            uid: The program's throwaway uid (as root), or ``None`` to keep this process's.
+
+        Raises:
+            OSError: When a step fails (the program must then not run).
+        """
+        _set_rlimits(rlimits)
+        if not _drop_capabilities():
+            raise OSError("cannot empty the capability bounding set")
+        if os.geteuid() == 0 and uid is not None:
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+        if not _clear_capabilities():
+            raise OSError("cannot drop the capabilities")
+        # As an executed program would be (changing uid made this process undumpable).
+        _libc.prctl(PR_SET_DUMPABLE, ctypes.c_ulong(1), 0, 0, 0)
+        _libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), 0, 0, 0)
+
+    def reader(self) -> None:
+        """Read a working folder as the evaluating process would: as root with root's reach, else none."""
+        if os.geteuid() != 0 and not _clear_capabilities():
+            raise OSError("cannot drop the capabilities")
+
+
+def _serve_batch(cfg: dict, flags: int, report_fd: int) -> None:
+    """The namespace's init for a batch: the supervisor, which keeps its privileges. Never returns."""
+    refused = None
+    try:
+        report: dict = {"isolation": [], "notes": []}
+        if flags & CLONE_NEWPID:
+            try:
+                _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY)
+                report["isolation"].append("procfs")
+            except OSError as exc:
+                report["notes"].append(f"cannot mount a fresh /proc ({exc})")
+        # Programs are kept apart by killing everything of the PID namespace after each, and their
+        # files by the read-only root: without these the programs must run one sandbox each.
+        have = set(cfg["_launcher_isolation"]) | set(report["isolation"])
+        missing = sorted({"pidns", "procfs", "minimal-root", "readonly-fs"} - have)
+        if missing:
+            refused = "the sandbox lacks " + ", ".join(missing)
+        os.chdir("/")
+        _libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), 0, 0, 0)
+        # Not dumpable: no program may trace this process or open its /proc files.
+        _libc.prctl(PR_SET_DUMPABLE, ctypes.c_ulong(0), 0, 0, 0)
+        cfg["batch"]["fresh_vm_kb"] = _FRESH_VM_KB
+        os.write(report_fd, (json.dumps({"child": report}) + "\n").encode())
+        os.close(report_fd)
+    except BaseException as exc:
+        refused = f"cannot start the batch: {exc}"
+    _SUPERVISOR.serve(cfg, isolation=AnswerIsolation(cfg), refused=refused)
+    os._exit(0)
+
+
 def _can_run_as(uid: int, gid: int, program: str, env: dict) -> bool:
     """Whether ``uid`` could execute ``program`` (checked with the effective ids, then restored)."""
     path = program
@@ -275,6 +408,8 @@ def _can_run_as(uid: int, gid: int, program: str, env: dict) -> bool:
 
 def _child(cfg: dict, flags: int, report_fd: int) -> None:
     """The namespace's init: finish the isolation, run the program, report how it ended. Never returns."""
+    if cfg.get("batch"):
+        _serve_batch(cfg, flags, report_fd)
     try:
         report: dict = {"isolation": [], "notes": []}
         env = dict(cfg["env"])
@@ -350,6 +485,14 @@ def _set_rlimits(limits: dict) -> None:
 def main() -> None:
     """Set up the sandbox, run the program, report, and exit with the program's status."""
     cfg = json.loads(sys.argv[1])
+    if cfg.get("batch"):
+        global _SUPERVISOR
+        # Loaded now: this folder is not part of the sandbox's root. (No bytecode written next to it.)
+        sys.dont_write_bytecode = True
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import supervisor
+
+        _SUPERVISOR = supervisor
     report_fd = cfg["report_fd"]
     report: dict = {"isolation": ["session", "rlimits", "scrubbed-env", "private-folder"], "notes": []}
     for group in cfg.get("cgroups", []):

@@ -96,6 +96,8 @@ class Item(BaseModel):
 
 P = TypeVar("P", bound=Params)
 I = TypeVar("I", bound=Item)  # noqa: E741 - the conventional name for an item type variable
+A = TypeVar("A")
+R = TypeVar("R")
 
 
 def format_errors(exc: ValidationError) -> str:
@@ -289,7 +291,7 @@ class BuiltinTask(Task, Generic[P, I]):
         """Stop strings of this task."""
         return list(getattr(self.params, "stop", None) or [])
 
-    def map_items(self, fn: Callable[[Any], ItemResult], args: Sequence[Any]) -> list[ItemResult]:
+    def map_items(self, fn: Callable[[A], R], args: Sequence[A]) -> list[R]:
         """Apply ``fn`` to each argument, in parallel when judging runs sandboxed programs."""
         if self.uses_sandbox and self.context.workers > 1 and len(args) > 1:
             with ThreadPoolExecutor(max_workers=self.context.workers) as pool:

@@ -16,6 +16,10 @@ failure. The verdict line carries a random token given on stdin, so that printin
 a pass (code in the same process could still find the token by introspection: the sandbox, not the
 harness, is what contains hostile code). The tests reach the harness on stdin, not in a file the
 solution could read.
+
+Answers are checked ``check_batch`` at a time in one sandboxed run, each in its own process, folder
+and limits, the harness run in a fork of an already started interpreter (see
+:mod:`~cycleqd.evaluation.sandbox.batch`); the verdicts are those of one run per answer.
 """
 
 from __future__ import annotations
@@ -24,12 +28,16 @@ import ast
 import json
 import secrets
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import AliasChoices, Field
 
 from cycleqd.errors import ConfigError
 from cycleqd.evaluation.base import ItemResult
+from cycleqd.evaluation.sandbox import SandboxResult
+from cycleqd.evaluation.sandbox.batch import JobOutcome, SandboxJob
+from cycleqd.evaluation.tasks.checks import DEFAULT_CHECK_BATCH, Check, CheckBatch, settle
 from cycleqd.evaluation.tasks.common import BuiltinTask, ExecParams, Item, extract_code, failed, passed
 
 HARNESS = r'''
@@ -127,9 +135,13 @@ class PythonCodeParams(ExecParams):
     Attributes:
         answer_prefix: Text put before the extracted answer to make the program (the model then
             completes it, for instance ``def f(x): return `` followed by an expression).
+        check_batch: Answers checked in one sandboxed run, each in a process and folder of its own
+            (see :mod:`~cycleqd.evaluation.sandbox.batch`); 1 runs a sandbox per answer. Verdicts are
+            the same either way.
     """
 
     answer_prefix: str = ""
+    check_batch: CheckBatch = DEFAULT_CHECK_BATCH
 
 
 class PythonCodeItem(Item):
@@ -185,12 +197,8 @@ class PythonCodeTask(BuiltinTask[PythonCodeParams, PythonCodeItem]):
         """
         done = self._checked
         todo = [i for i in self.items(split) if i.reference is not None and (split, i.id) not in done]
-
-        def one(item: PythonCodeItem) -> ItemResult:
-            assert item.reference is not None
-            return self.judge_answer(item, item.reference)
-
-        for item, result in zip(todo, self.map_items(one, todo), strict=True):
+        results = self.judge_all([(item, item.reference or "") for item in todo])
+        for item, result in zip(todo, results, strict=True):
             if not result.correct:
                 raise ConfigError(
                     f"task {self.name}: item {item.id!r} ({split}): the reference fails its own tests: "
@@ -199,6 +207,29 @@ class PythonCodeTask(BuiltinTask[PythonCodeParams, PythonCodeItem]):
             done.add((split, item.id))
 
     def judge(self, item: PythonCodeItem, output: str) -> ItemResult:  # noqa: D102
+        return settle(self, [self.plan(item, output)], size=1)[0]
+
+    def judge_batch(self, pairs: Sequence[tuple[PythonCodeItem, str]]) -> list[ItemResult]:
+        """Judge answers, checking up to ``check_batch`` of them per sandboxed run.
+
+        Args:
+            pairs: (item, output) pairs.
+
+        Returns:
+            One result per pair, in order.
+        """
+        return settle(self, [self.plan(item, output) for item, output in pairs], size=self.params.check_batch)
+
+    def plan(self, item: PythonCodeItem, output: str) -> ItemResult | Check:
+        """The verdict of an answer that needs no run (no code, a syntax error), else its check.
+
+        Args:
+            item: The item.
+            output: What the model wrote.
+
+        Returns:
+            The verdict, or the check that will give it.
+        """
         code = self.program(output)
         if not code.strip():
             return failed(item, output, "malformed: the answer holds no code")
@@ -206,14 +237,34 @@ class PythonCodeTask(BuiltinTask[PythonCodeParams, PythonCodeItem]):
         if syntax is not None:
             return failed(item, output, f"syntax error: {syntax}", code=code)
         token = secrets.token_hex(16)
-        sandbox = self.context.sandbox
-        result = sandbox.run(
-            [sandbox.python, "-I", "../support/harness.py"],
+        job = SandboxJob(
+            argv=(self.context.sandbox.python, "-I", "../support/harness.py"),
             files={"solution.py": code},
             support_files={"harness.py": HARNESS},
             stdin=token + "\n" + json.dumps({"setup": item.setup, "tests": item.tests}),
-            limits=self.limits(),
+            warm=True,
         )
+
+        def finish(outcome: JobOutcome) -> ItemResult:
+            return self.verdict(item, output, code, token, outcome.result)
+
+        return Check(job, finish)
+
+    def verdict(
+        self, item: PythonCodeItem, output: str, code: str, token: str, result: SandboxResult
+    ) -> ItemResult:
+        """Judge what the harness reported (its verdict line carries the run's token).
+
+        Args:
+            item: The item.
+            output: The model's answer.
+            code: The program that ran.
+            token: The run's token.
+            result: The run.
+
+        Returns:
+            The item's result.
+        """
         detail: dict[str, Any] = {"code": code}
         verdict = None
         for line in reversed(result.stdout.splitlines()):

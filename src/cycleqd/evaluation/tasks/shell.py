@@ -7,11 +7,15 @@ Item fields: ``instruction``; ``files`` (relative path → content); the expecte
 
 Outputs are compared after removing trailing blanks of each line and trailing empty lines; trees by
 paths, file contents and symlink targets.
+
+Commands (answers and references) run ``check_batch`` at a time in one sandboxed run, each in its own
+process and fresh folder, which is snapshotted inside the sandbox before the next command runs (see
+:mod:`~cycleqd.evaluation.sandbox.batch`); the verdicts are those of one run per command.
 """
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,12 +24,13 @@ from pydantic import model_validator
 from cycleqd.errors import ConfigError
 from cycleqd.evaluation.base import ItemResult
 from cycleqd.evaluation.sandbox import SandboxResult
+from cycleqd.evaluation.sandbox.batch import JobOutcome, SandboxJob, run_alone
+from cycleqd.evaluation.tasks.checks import DEFAULT_CHECK_BATCH, Check, CheckBatch, run_jobs, settle
 from cycleqd.evaluation.tasks.common import BuiltinTask, ExecParams, Item, clip, extract_code, failed, passed
 from cycleqd.evaluation.tasks.shellenv import (
     FilesFields,
     file_list,
     normalize_output,
-    snapshot,
     tree_difference,
     tree_from_files,
 )
@@ -40,11 +45,15 @@ class ShellParams(ExecParams):
         shell: The shell that runs commands (``bash -c COMMAND``).
         compare: What must match by default: ``output``, ``tree`` or ``both``.
         include_stderr: Compare stdout followed by stderr instead of stdout alone.
+        check_batch: Commands run in one sandboxed run, each in a process and folder of its own (see
+            :mod:`~cycleqd.evaluation.sandbox.batch`); 1 runs a sandbox per command. Verdicts are the
+            same either way.
     """
 
     shell: str = "bash"
     compare: Compare = "both"
     include_stderr: bool = False
+    check_batch: CheckBatch = DEFAULT_CHECK_BATCH
 
 
 class ShellItem(Item, FilesFields):
@@ -86,13 +95,37 @@ class ShellTask(BuiltinTask[ShellParams, ShellItem]):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._refs: dict[tuple[str, str], ShellOutcome] = {}
-        self._lock = threading.Lock()
 
     def prompt_fields(self, item: ShellItem) -> dict[str, Any]:  # noqa: D102
         return {**item.model_dump(), "file_list": file_list(item.files)}
 
+    def job(self, item: ShellItem, command: str) -> SandboxJob:
+        """A command's run: in a fresh folder made from the item's files, snapshotted afterwards.
+
+        Args:
+            item: The item.
+            command: The shell command.
+
+        Returns:
+            The job.
+        """
+        return SandboxJob(argv=(self.params.shell, "-c", command), files=item.files, snapshot=True)
+
+    def outcome(self, ran: JobOutcome) -> ShellOutcome:
+        """What a command did, as compared: its normalised output and the folder it left.
+
+        Args:
+            ran: The job's outcome.
+
+        Returns:
+            The outcome.
+        """
+        result = ran.result
+        text = result.stdout + (result.stderr if self.params.include_stderr else "")
+        return ShellOutcome(output=normalize_output(text), tree=ran.tree or {}, result=result)
+
     def run_command(self, item: ShellItem, command: str) -> ShellOutcome:
-        """Run a command in a fresh folder made from the item's files.
+        """Run a command in a sandbox of its own, in a fresh folder made from the item's files.
 
         Args:
             item: The item.
@@ -101,11 +134,7 @@ class ShellTask(BuiltinTask[ShellParams, ShellItem]):
         Returns:
             What it did.
         """
-        with self.context.sandbox.session(files=item.files) as s:
-            result = s.run([self.params.shell, "-c", command], limits=self.limits())
-            tree = snapshot(s.workdir)
-        text = result.stdout + (result.stderr if self.params.include_stderr else "")
-        return ShellOutcome(output=normalize_output(text), tree=tree, result=result)
+        return self.outcome(run_alone(self.context.sandbox, self.job(item, command), limits=self.limits()))
 
     def prepare(self, split: str) -> None:
         """Run the reference commands of a split (once).
@@ -116,23 +145,25 @@ class ShellTask(BuiltinTask[ShellParams, ShellItem]):
         Raises:
             ConfigError: When a reference command fails or times out.
         """
-        todo = [i for i in self.items(split) if i.reference is not None and (split, i.id) not in self._refs]
-
-        def one(item: ShellItem) -> None:
+        todo = []
+        for item in self.items(split):
+            if item.reference is None or (split, item.id) in self._refs:
+                continue
+            shared = self.shared_reference("shell", item)
+            if shared is not None:  # an identical task of this process ran it already
+                self._refs[(split, item.id)] = shared
+            else:
+                todo.append(item)
+        ran = run_jobs(self, [self.job(i, i.reference or "") for i in todo], size=self.params.check_batch)
+        for item, got in zip(todo, ran, strict=True):
             assert item.reference is not None
-            outcome = self.shared_reference("shell", item)
-            if outcome is not None:  # an identical task of this process ran it already
-                with self._lock:
-                    self._refs[(split, item.id)] = outcome
-                return
-            outcome = self.run_command(item, item.reference)
+            outcome = self.outcome(got)
             if outcome.result.timed_out or outcome.result.returncode is None:
                 raise ConfigError(
                     f"task {self.name}: item {item.id!r} ({split}): the reference command fails: "
                     f"{outcome.result.failure()}"
                 )
-            with self._lock:
-                self._refs[(split, item.id)] = outcome
+            self._refs[(split, item.id)] = outcome
             self.share_reference("shell", item, outcome)
             # What the reference did is already known: its verdict needs no second run.
             self.remember_verdict(
@@ -140,8 +171,6 @@ class ShellTask(BuiltinTask[ShellParams, ShellItem]):
                 item.reference,
                 self.verdict(item, item.reference, self.extract(item.reference), outcome),
             )
-
-        self.map_items(one, todo)  # type: ignore[arg-type]
 
     def extract(self, output: str) -> str:
         """The command of an answer (fenced shell block, or the text), stripped."""
@@ -153,10 +182,37 @@ class ShellTask(BuiltinTask[ShellParams, ShellItem]):
         return self.extract(output)
 
     def judge(self, item: ShellItem, output: str) -> ItemResult:  # noqa: D102
+        return settle(self, [self.plan(item, output)], size=1)[0]
+
+    def judge_batch(self, pairs: Sequence[tuple[ShellItem, str]]) -> list[ItemResult]:
+        """Judge answers, running up to ``check_batch`` of their commands per sandboxed run.
+
+        Args:
+            pairs: (item, output) pairs.
+
+        Returns:
+            One result per pair, in order.
+        """
+        return settle(self, [self.plan(item, output) for item, output in pairs], size=self.params.check_batch)
+
+    def plan(self, item: ShellItem, output: str) -> ItemResult | Check:
+        """The verdict of an answer without a command, else its check.
+
+        Args:
+            item: The item.
+            output: What the model wrote.
+
+        Returns:
+            The verdict, or the check that will give it.
+        """
         command = self.extract(output)
         if not command:
             return failed(item, output, "malformed: the answer holds no command")
-        return self.verdict(item, output, command, self.run_command(item, command))
+
+        def finish(ran: JobOutcome) -> ItemResult:
+            return self.verdict(item, output, command, self.outcome(ran))
+
+        return Check(self.job(item, command), finish)
 
     def verdict(self, item: ShellItem, output: str, command: str, outcome: ShellOutcome) -> ItemResult:
         """Judge what a command did against the item's expectations.

@@ -7,14 +7,23 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 from collections.abc import Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from pydantic import BaseModel, Field, field_validator
 
-#: Most entries a snapshot lists (a command that makes more files is judged on the first ones).
-MAX_ENTRIES = 10000
+# The snapshot lives with the sandbox: a batch of commands is snapshotted inside its sandbox.
+from cycleqd.evaluation.sandbox.tree import MAX_ENTRIES, snapshot
+
+__all__ = [
+    "MAX_ENTRIES",
+    "FilesFields",
+    "file_list",
+    "normalize_output",
+    "snapshot",
+    "tree_difference",
+    "tree_from_files",
+]
 
 
 class FilesFields(BaseModel):
@@ -30,56 +39,6 @@ class FilesFields(BaseModel):
             if p.is_absolute() or ".." in p.parts or not p.parts:
                 raise ValueError(f"file name {name!r} must be a relative path without '..'")
         return value
-
-
-def snapshot(folder: Path, *, max_entries: int = MAX_ENTRIES) -> dict[str, str]:
-    """Describe a folder tree without following symlinks.
-
-    Args:
-        folder: The folder.
-        max_entries: Most entries listed.
-
-    Returns:
-        Relative path → ``dir``, ``file:<hash of content>``, ``link:<target>`` or ``other``.
-    """
-    out: dict[str, str] = {}
-    stack = [folder]
-    while stack and len(out) < max_entries:
-        current = stack.pop()
-        try:
-            entries = sorted(os.scandir(current), key=lambda e: e.name)
-        except OSError:
-            continue
-        for entry in entries:
-            rel = os.path.relpath(entry.path, folder)
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                out[rel] = "dir"
-                stack.append(Path(entry.path))
-            elif stat.S_ISLNK(st.st_mode):
-                out[rel] = "link:" + os.readlink(entry.path)
-            elif stat.S_ISREG(st.st_mode):
-                out[rel] = "file:" + _hash_file(entry.path)
-            else:
-                out[rel] = "other"
-            if len(out) >= max_entries:
-                break
-    return out
-
-
-def _hash_file(path: str) -> str:
-    h = hashlib.blake2b(digest_size=12)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return "unreadable"
-    with os.fdopen(fd, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def tree_from_files(files: Mapping[str, str]) -> dict[str, str]:

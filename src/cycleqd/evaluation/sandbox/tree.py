@@ -1,0 +1,78 @@
+"""Snapshots of folder trees: what a command left in its working folder.
+
+The ``shell`` kind compares the folder a command leaves with the expected one. A command checked on its
+own is snapshotted by the evaluating process after its sandbox ended; a command checked in a batch is
+snapshotted inside the batch's sandbox before the next one runs (see
+:mod:`~cycleqd.evaluation.sandbox.supervisor`). Both use this module, so the two snapshots agree. It
+uses the standard library only and must stay importable without the package (the sandbox launcher
+loads it by path).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+
+#: Most entries a snapshot lists (a command that makes more files is judged on the first ones).
+MAX_ENTRIES = 10000
+
+
+def snapshot(folder: str | os.PathLike[str], *, max_entries: int = MAX_ENTRIES) -> dict[str, str]:
+    """Describe a folder tree without following symlinks.
+
+    Args:
+        folder: The folder.
+        max_entries: Most entries listed.
+
+    Returns:
+        Relative path → ``dir``, ``file:<hash of content>``, ``link:<target>`` or ``other``.
+    """
+    root = os.fspath(folder)
+    out: dict[str, str] = {}
+    stack = [root]
+    while stack and len(out) < max_entries:
+        current = stack.pop()
+        try:
+            with os.scandir(current) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            continue
+        for entry in entries:
+            rel = os.path.relpath(entry.path, root)
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                out[rel] = "dir"
+                stack.append(entry.path)
+            elif stat.S_ISLNK(st.st_mode):
+                out[rel] = "link:" + os.readlink(entry.path)
+            elif stat.S_ISREG(st.st_mode):
+                out[rel] = "file:" + hash_file(entry.path)
+            else:
+                out[rel] = "other"
+            if len(out) >= max_entries:
+                break
+    return out
+
+
+def hash_file(path: str) -> str:
+    """A short hash of a regular file's content (``unreadable`` when it cannot be opened).
+
+    Args:
+        path: The file (a symlink is not followed).
+
+    Returns:
+        24 hex digits, or ``unreadable``.
+    """
+    h = hashlib.blake2b(digest_size=12)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return "unreadable"
+    with os.fdopen(fd, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
