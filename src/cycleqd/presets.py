@@ -17,8 +17,10 @@ outside. Each part is one setting (see the config reference):
   draw, the AdaMerging-style freedom a single λ lacks;
 - a wider model-wise ``std`` than the official code's 0.01 (a 50/50 midpoint), so crossover explores.
 
-The values were chosen by the select split of the demo over 3 seeds, never by its test split; the
-README gives the figures and the reasons.
+The values are provisional: set from the reasoning above (the seed merges span task arithmetic's
+plateau on three experts; σ 0.1 moves a child's coefficients by about a tenth), not yet chosen by the
+demo's select split over 3 seeds. Measured on seed 0 of the demo only (README): the recommendation
+reaches the task arithmetic plateau, it does not pass it.
 """
 
 from __future__ import annotations
