@@ -101,6 +101,25 @@ class SelectionConfig(_Strict):
         return self
 
 
+def _merge_method(name: str, params: dict[str, Any]) -> Any:
+    """The registered merge method ``name``, with ``params`` checked against it.
+
+    Raises:
+        ValueError: For an unknown method or a parameter it does not take (or of the wrong type).
+    """
+    from cycleqd.operators.merge import MERGE_METHODS
+    from cycleqd.operators.merge.registry import check_parameter
+
+    method = MERGE_METHODS.get(name)
+    if method is None:
+        raise ValueError(f"method: unknown merge method {name!r}; choose one of {', '.join(MERGE_METHODS)}")
+    for key, value in params.items():
+        problem = check_parameter(method, key, value, per_model=False)
+        if problem is not None:
+            raise ValueError(f"params: {problem}")
+    return method
+
+
 class CrossoverConfig(_Strict):
     """Crossover ω ~ N(mean, std²) per parent (per layer group with ``per_layer``).
 
@@ -141,25 +160,14 @@ class CrossoverConfig(_Strict):
 
     @model_validator(mode="after")
     def _method(self) -> CrossoverConfig:
-        from cycleqd.operators.merge import MERGE_METHODS
-        from cycleqd.operators.merge.registry import check_parameter
-
-        method = MERGE_METHODS.get(self.method)
-        if method is None:
-            raise ValueError(
-                f"method: unknown merge method {self.method!r}; choose one of {', '.join(MERGE_METHODS)}"
-            )
+        if "weight" in self.params:
+            raise ValueError("params: weight is drawn by the crossover (mean, std); remove it")
+        method = _merge_method(self.method, self.params)
         if method.n_models not in (None, 2):
             raise ValueError(
                 f"method: {self.method} merges {method.n_models} model(s) with the base; "
                 "a crossover merges two parents"
             )
-        for key, value in self.params.items():
-            if key == "weight":
-                raise ValueError("params: weight is drawn by the crossover (mean, std); remove it")
-            problem = check_parameter(method, key, value, per_model=False)
-            if problem is not None:
-                raise ValueError(f"params: {problem}")
         return self
 
 
@@ -226,22 +234,13 @@ class SeedMerge(_Strict):
 
     @model_validator(mode="after")
     def _known(self) -> SeedMerge:
-        from cycleqd.operators.merge import MERGE_METHODS
-        from cycleqd.operators.merge.registry import REQUIRED, check_parameter
+        from cycleqd.operators.merge.registry import REQUIRED
 
-        method = MERGE_METHODS.get(self.method)
-        if method is None:
-            raise ValueError(
-                f"unknown merge method {self.method!r}; choose one of {', '.join(MERGE_METHODS)}"
-            )
+        method = _merge_method(self.method, self.params)
         if method.n_models is not None:
             raise ValueError(
                 f"{self.method} merges exactly {method.n_models} model(s); seeds merge every expert"
             )
-        for key, value in self.params.items():
-            problem = check_parameter(method, key, value, per_model=False)
-            if problem is not None:
-                raise ValueError(problem)
         missing = [k for k, v in method.params.items() if v is REQUIRED and k not in self.params]
         if missing:
             raise ValueError(f"{self.method} needs the parameter(s) {', '.join(missing)}")

@@ -119,3 +119,39 @@ def settle(task: Any, plans: Sequence[ItemResult | Check], *, size: int) -> list
     for (i, check), outcome in zip(checks, outcomes, strict=True):
         results[i] = check.finish(outcome)
     return [r for r in results if r is not None]
+
+
+class BatchedChecks:
+    """Judging for kinds whose answers run as :class:`Check` s: one answer alone, or many in batches.
+
+    A kind mixes this in and defines ``plan(item, output) -> ItemResult | Check``; its params carry
+    ``check_batch``.
+    """
+
+    def plan(self, item: Any, output: str) -> ItemResult | Check:
+        """The verdict of an answer that needs no run, else its check (kinds define it)."""
+        raise NotImplementedError
+
+    def judge(self, item: Any, output: str) -> ItemResult:
+        """Judge one answer (in a sandbox of its own when it runs).
+
+        Args:
+            item: The item.
+            output: What the model wrote.
+
+        Returns:
+            The verdict.
+        """
+        return settle(self, [self.plan(item, output)], size=1)[0]
+
+    def judge_batch(self, pairs: Sequence[tuple[Any, str]]) -> list[ItemResult]:
+        """Judge answers, running up to ``check_batch`` of them per sandboxed run.
+
+        Args:
+            pairs: (item, output) pairs.
+
+        Returns:
+            One result per pair, in order.
+        """
+        size = self.params.check_batch  # type: ignore[attr-defined]
+        return settle(self, [self.plan(item, output) for item, output in pairs], size=size)

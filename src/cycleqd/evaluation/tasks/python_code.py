@@ -28,7 +28,6 @@ import ast
 import json
 import secrets
 import warnings
-from collections.abc import Sequence
 from typing import Any
 
 from pydantic import AliasChoices, Field
@@ -37,7 +36,7 @@ from cycleqd.errors import ConfigError
 from cycleqd.evaluation.base import ItemResult
 from cycleqd.evaluation.sandbox import SandboxResult
 from cycleqd.evaluation.sandbox.batch import JobOutcome, SandboxJob
-from cycleqd.evaluation.tasks.checks import DEFAULT_CHECK_BATCH, Check, CheckBatch, settle
+from cycleqd.evaluation.tasks.checks import DEFAULT_CHECK_BATCH, BatchedChecks, Check, CheckBatch
 from cycleqd.evaluation.tasks.common import BuiltinTask, ExecParams, Item, extract_code, failed, passed
 
 HARNESS = r'''
@@ -153,7 +152,7 @@ class PythonCodeItem(Item):
     reference: str | None = None
 
 
-class PythonCodeTask(BuiltinTask[PythonCodeParams, PythonCodeItem]):
+class PythonCodeTask(BatchedChecks, BuiltinTask[PythonCodeParams, PythonCodeItem]):
     """Code generation judged by running the item's tests in the sandbox."""
 
     params_model = PythonCodeParams
@@ -205,20 +204,6 @@ class PythonCodeTask(BuiltinTask[PythonCodeParams, PythonCodeItem]):
                     f"{result.reason}; fix the item's reference or tests"
                 )
             done.add((split, item.id))
-
-    def judge(self, item: PythonCodeItem, output: str) -> ItemResult:  # noqa: D102
-        return settle(self, [self.plan(item, output)], size=1)[0]
-
-    def judge_batch(self, pairs: Sequence[tuple[PythonCodeItem, str]]) -> list[ItemResult]:
-        """Judge answers, checking up to ``check_batch`` of them per sandboxed run.
-
-        Args:
-            pairs: (item, output) pairs.
-
-        Returns:
-            One result per pair, in order.
-        """
-        return settle(self, [self.plan(item, output) for item, output in pairs], size=self.params.check_batch)
 
     def plan(self, item: PythonCodeItem, output: str) -> ItemResult | Check:
         """The verdict of an answer that needs no run (no code, a syntax error), else its check.

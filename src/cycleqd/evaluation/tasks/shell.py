@@ -15,7 +15,6 @@ process and fresh folder, which is snapshotted inside the sandbox before the nex
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,7 +24,7 @@ from cycleqd.errors import ConfigError
 from cycleqd.evaluation.base import ItemResult
 from cycleqd.evaluation.sandbox import SandboxResult
 from cycleqd.evaluation.sandbox.batch import JobOutcome, SandboxJob, run_alone
-from cycleqd.evaluation.tasks.checks import DEFAULT_CHECK_BATCH, Check, CheckBatch, run_jobs, settle
+from cycleqd.evaluation.tasks.checks import DEFAULT_CHECK_BATCH, BatchedChecks, Check, CheckBatch, run_jobs
 from cycleqd.evaluation.tasks.common import BuiltinTask, ExecParams, Item, clip, extract_code, failed, passed
 from cycleqd.evaluation.tasks.shellenv import (
     FilesFields,
@@ -81,7 +80,7 @@ class ShellOutcome:
     result: SandboxResult
 
 
-class ShellTask(BuiltinTask[ShellParams, ShellItem]):
+class ShellTask(BatchedChecks, BuiltinTask[ShellParams, ShellItem]):
     """Shell commands judged by their output and the folder they leave."""
 
     params_model = ShellParams
@@ -180,20 +179,6 @@ class ShellTask(BuiltinTask[ShellParams, ShellItem]):
 
     def answer_key(self, item: ShellItem, output: str) -> str | None:  # noqa: D102
         return self.extract(output)
-
-    def judge(self, item: ShellItem, output: str) -> ItemResult:  # noqa: D102
-        return settle(self, [self.plan(item, output)], size=1)[0]
-
-    def judge_batch(self, pairs: Sequence[tuple[ShellItem, str]]) -> list[ItemResult]:
-        """Judge answers, running up to ``check_batch`` of their commands per sandboxed run.
-
-        Args:
-            pairs: (item, output) pairs.
-
-        Returns:
-            One result per pair, in order.
-        """
-        return settle(self, [self.plan(item, output) for item, output in pairs], size=self.params.check_batch)
 
     def plan(self, item: ShellItem, output: str) -> ItemResult | Check:
         """The verdict of an answer without a command, else its check.
