@@ -14,7 +14,6 @@ import dataclasses
 import json
 import os
 import selectors
-import shutil
 import signal
 import stat
 import subprocess
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Literal
 
 from cycleqd.errors import CycleQDError
 from cycleqd.evaluation.sandbox.cgroup import CgroupSet, create_cgroups
+from cycleqd.evaluation.sandbox.tree import remove_tree
 
 if TYPE_CHECKING:
     from cycleqd.evaluation.sandbox.batch import JobOutcome, SandboxJob
@@ -252,21 +252,6 @@ def _chown_tree(folder: Path, uid: int, gid: int) -> None:
             os.chown(os.path.join(dirpath, n), uid, gid, follow_symlinks=False)
 
 
-def _rmtree(path: str | Path) -> None:
-    def onerror(func, p, _exc):  # type: ignore[no-untyped-def]
-        # Folders the program made unreadable or unwritable (it owns them, or we are root): open
-        # them up, then retry once; a folder that could not be opened or listed is removed whole.
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700)
-            if func in (os.open, os.scandir, os.listdir):
-                shutil.rmtree(p)
-            else:
-                func(p)
-
-    shutil.rmtree(path, onerror=onerror)
-
-
 def _kill_uid(uid: int) -> None:
     """SIGKILL every process running as ``uid`` (a throwaway uid owned by one sandbox only)."""
     for _ in range(20):
@@ -331,7 +316,7 @@ class SandboxSession:
                     _chown_tree(d, self.uid, self.uid)
                     os.chmod(d, 0o755)
         except BaseException:
-            _rmtree(self.root)
+            remove_tree(self.root)
             raise
 
     def run(
@@ -399,7 +384,7 @@ class SandboxSession:
         self._closed = True
         if self.uid is not None:
             _kill_uid(self.uid)
-        _rmtree(self.root)
+        remove_tree(self.root)
 
     def __enter__(self) -> SandboxSession:
         return self

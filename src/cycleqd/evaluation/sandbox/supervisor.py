@@ -41,12 +41,10 @@ import contextlib
 import json
 import os
 import select
-import shutil
 import signal
 import struct
 import sys
 import time
-from collections.abc import Callable
 from typing import Any, NoReturn, Protocol
 
 import tree
@@ -653,39 +651,20 @@ def _own_session(cfg: dict[str, Any]) -> None:
         os.chmod(path, 0o711 if name == "work" else 0o700)
 
 
-def _remove(path: str) -> None:
-    def retry(func: Callable[..., Any], p: str, _exc: object) -> None:
-        # Folders the program made unreadable or unwritable (it owns them): open them up, try again;
-        # one that could not be opened or listed is removed whole.
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(p), 0o700)
-            os.chmod(p, 0o700)
-            if func in (os.open, os.scandir, os.listdir):
-                shutil.rmtree(p)
-            else:
-                func(p)
-
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, onerror=retry)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-
-
 def _clean(cfg: dict[str, Any], index: int) -> str | None:
     """Delete the program's folder and anything else it could write; ``None`` when all is clean."""
     root = cfg["root"]
     try:
-        _remove(_folder(cfg, index))
+        tree.remove_tree(_folder(cfg, index))
         with os.scandir(root) as it:
             entries = list(it)
         for entry in entries:
             if entry.name in SESSION_DIRS and entry.is_dir(follow_symlinks=False):
                 with os.scandir(entry.path) as inner:
                     for path in [e.path for e in inner]:
-                        _remove(path)
+                        tree.remove_tree(path)
             else:
-                _remove(entry.path)
+                tree.remove_tree(entry.path)
         for name in ("work", "home", "tmp", "support"):
             path = os.path.join(root, name)
             if not os.path.isdir(path) or os.path.islink(path):

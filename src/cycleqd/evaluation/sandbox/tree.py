@@ -1,4 +1,4 @@
-"""Snapshots of folder trees: what a command left in its working folder.
+"""Folder trees a program leaves: their snapshots, and their removal.
 
 The ``shell`` kind compares the folder a command leaves with the expected one. A command checked on its
 own is snapshotted by the evaluating process after its sandbox ended; a command checked in a batch is
@@ -10,9 +10,13 @@ loads it by path).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import shutil
 import stat
+from collections.abc import Callable
+from typing import Any
 
 #: Most entries a snapshot lists (a command that makes more files is judged on the first ones).
 MAX_ENTRIES = 10000
@@ -76,3 +80,31 @@ def hash_file(path: str) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def remove_tree(path: str | os.PathLike[str]) -> None:
+    """Delete a folder tree (or a file or link) that a sandboxed program may have locked itself.
+
+    Folders the program made unreadable or unwritable (it owns them, or we are root) are opened up
+    and the step retried once; a folder that could not be opened or listed is removed whole. A path
+    that does not exist is fine.
+
+    Args:
+        path: The folder, file or link.
+    """
+
+    def retry(func: Callable[..., Any], p: str, _exc: object) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(p), 0o700)
+            os.chmod(p, 0o700)
+            if func in (os.open, os.scandir, os.listdir):
+                shutil.rmtree(p)
+            else:
+                func(p)
+
+    path = os.fspath(path)
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, onerror=retry)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
