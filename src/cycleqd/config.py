@@ -17,6 +17,7 @@ from cycleqd.errors import ConfigError
 from cycleqd.evaluation.spec import EvaluationSpec, TaskSpec
 from cycleqd.presets import apply_preset
 from cycleqd.validation import validation_lines
+from cycleqd.weights.source import HUB_PREFIX
 
 
 class _Strict(BaseModel):
@@ -27,8 +28,8 @@ class ModelsConfig(_Strict):
     """The base model and one expert per task.
 
     Attributes:
-        base: Folder, weights file or hub id of the base model θ0.
-        experts: Task name → folder, file or hub id of the expert fine-tuned for it.
+        base: Folder, weights file or hub id (``hf:org/name``) of the base model θ0.
+        experts: Task name → folder, file or hub id (``hf:org/name``) of the expert fine-tuned for it.
         dtype: Storage dtype of children and the aggregate (``float32``, ``bfloat16``, ``float16``,
             ``auto`` = the base's).
         check_finite: Scan base and experts for NaN/Inf before the run.
@@ -55,16 +56,26 @@ class ArchiveConfig(_Strict):
     """Archive grid.
 
     Attributes:
-        bins: Bins per behaviour characteristic (paper: 15).
+        bins: Bins per behaviour characteristic (paper: 15); at least 2.
         ranges: Explicit [low, high] per task, overriding the paper's rule for that task.
         low_factor: Paper's rule: low = low_factor × weakest expert's score.
         high_factor: Paper's rule: high = high_factor × strongest expert's score.
     """
 
-    bins: int = Field(15, ge=1, le=1000)
+    bins: int = Field(15, le=1000)
     ranges: dict[str, tuple[float, float]] = Field(default_factory=dict)
     low_factor: float = Field(0.85, ge=0.0)
     high_factor: float = Field(1.15, ge=0.0)
+
+    @field_validator("bins")
+    @classmethod
+    def _bins(cls, v: int) -> int:
+        if v < 2:
+            raise ValueError(
+                f"must be at least 2, got {v}: with one bin each archive holds a single model, so the "
+                "search keeps no diversity; the paper uses 15"
+            )
+        return v
 
     @model_validator(mode="after")
     def _factors(self) -> ArchiveConfig:
@@ -306,6 +317,9 @@ class RunConfig(_Strict):
         generations: Number of children to make (paper: 1200).
         stop_after_failures: Stop the run (resumable) when this many children in a row failed: a
             systematic error, such as a broken task, should not burn the whole budget.
+        stop_without_signal: Stop before evolving, with a sample of the experts' outputs, when every
+            expert scores 0 on every task (the evaluation does not fit the models). ``false`` only
+            warns: for smoke tests with untrained models.
         cycle: Rotate the active task every generation; ``false`` keeps the first task (ablation).
         models: Base and experts.
         tasks: The skills, in archive order.
@@ -329,6 +343,7 @@ class RunConfig(_Strict):
     seed: int = 0
     generations: int = Field(ge=0)
     stop_after_failures: int = Field(20, ge=1)
+    stop_without_signal: bool = True
     cycle: bool = True
     models: ModelsConfig
     tasks: list[TaskSpec]
@@ -395,22 +410,22 @@ def format_validation_error(exc: ValidationError, *, source: str) -> str:
 def resolve_path(value: str, root: Path) -> str:
     """A path relative to the config folder, made absolute.
 
-    Hub ids (``org/name``) that do not exist locally are left as they are.
+    Hub ids are written ``hf:org/name`` and left as they are; anything else is a path, so that a
+    missing local folder (``experts/code``) is reported as missing, not looked up on the Hub.
 
     Args:
-        value: Path or hub id from the config.
+        value: Path or ``hf:`` hub id from the config.
         root: Folder of the config file.
 
     Returns:
         The absolute path, or the hub id.
     """
+    if value.startswith(HUB_PREFIX):
+        return value
     p = Path(value).expanduser()
     if p.is_absolute():
         return str(p)
-    candidate = (root / p).resolve()
-    if candidate.exists() or value.startswith((".", "~")) or value.count("/") != 1:
-        return str(candidate)
-    return value
+    return str((root / p).resolve())
 
 
 def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) -> RunConfig:
@@ -486,10 +501,15 @@ def check_model_paths(cfg: RunConfig) -> None:
         (f"models.experts.{k}", v) for k, v in cfg.models.experts.items()
     ]
     for field_name, value in entries:
-        if Path(value).is_absolute() and not Path(value).exists():
+        if not value.startswith(HUB_PREFIX) and not Path(value).exists():
             problems.append(f"  {field_name}: {value} does not exist")
     if problems:
-        raise ConfigError("model paths not found:\n" + "\n".join(problems) + "\nfix the paths in the config")
+        raise ConfigError(
+            "model paths not found:\n"
+            + "\n".join(problems)
+            + f"\nfix the paths in the config (relative ones are relative to its folder); a model of the "
+            f"Hugging Face Hub is written {HUB_PREFIX}ORG/NAME"
+        )
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -52,6 +52,7 @@ from cycleqd.operators.merge.registry import REQUIRED, check_parameter
 from cycleqd.validation import validation_lines
 from cycleqd.weights import ModelSource, open_model, save_model, validate_models
 from cycleqd.weights.dtypes import parse_dtype
+from cycleqd.weights.source import HUB_PREFIX
 from cycleqd.weights.validate import structure_problems
 
 Scalar = bool | int | float | str
@@ -312,6 +313,8 @@ class MergePlan:
 
 
 def _locate(value: str, root: Path, where: str) -> str:
+    if value.startswith(HUB_PREFIX):
+        return value
     p = Path(value).expanduser()
     for candidate in (p, root / p) if not p.is_absolute() else (p,):
         if candidate.exists():
@@ -322,7 +325,8 @@ def _locate(value: str, root: Path, where: str) -> str:
             "adapter into the model first"
         )
     if value.count("/") == 1 and not value.startswith((".", "/", "~")):
-        return value  # a hub id: open_model downloads it when the hub is reachable
+        # mergekit files name Hub models bare (org/name): kept for them, as an explicit hub id.
+        return HUB_PREFIX + value
     raise ConfigError(f"{where}: model path {value} does not exist (looked in {Path.cwd()} and {root})")
 
 

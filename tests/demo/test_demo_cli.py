@@ -97,6 +97,15 @@ def test_report_plots_and_timings(runs) -> None:
             assert r["select_average"] is not None
 
 
+def test_the_console_shows_only_cycleqds_own_lines(runs) -> None:
+    # The first run trains and saves models, the second loads them: neither lets transformers' bars
+    # (saving or loading) or Python warnings through.
+    for run in (runs["first"], runs["second"]):
+        console = run.stdout + run.stderr
+        for noise in ("Writing model shards", "Loading weights", "it/s]", "Warning:", "warnings.warn"):
+            assert noise not in console, f"{noise!r} on the demo's console:\n{console}"
+
+
 def test_second_run_reuses_the_cached_models(runs) -> None:
     assert "first run: models trained" in runs["first"].stdout
     assert "cached run: models loaded from the cache" in runs["second"].stdout

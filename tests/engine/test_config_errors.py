@@ -56,6 +56,18 @@ def test_config_errors_come_before_any_model_is_loaded(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
+def test_a_missing_relative_folder_is_not_taken_for_a_hub_id(tmp_path: Path) -> None:
+    cfg = _edit(write_toy_config(tmp_path), lambda r: r["models"]["experts"].update(abs="experts/abs"))
+    proc = cli("run", str(cfg), "--out", str(tmp_path / "run"), check=False)
+    assert proc.returncode == 2
+    assert f"models.experts.abs: {tmp_path / 'experts' / 'abs'} does not exist" in proc.stderr
+    assert "relative ones are relative to its folder" in proc.stderr
+    assert "written hf:ORG/NAME" in proc.stderr
+    assert "huggingface" not in proc.stderr.lower()
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_missing_model_path_is_reported_before_the_run_starts(tmp_path: Path) -> None:
     cfg = _edit(
         write_toy_config(tmp_path), lambda r: r["models"]["experts"].update(abs=str(tmp_path / "gone"))
@@ -80,6 +92,7 @@ def test_missing_model_path_is_reported_before_the_run_starts(tmp_path: Path) ->
             "low_factor \\(1.2\\) must not exceed high_factor",
         ),
         ("crossover", {"mean": 0.0, "std": 0.01}, "must be more than 3 std"),
+        ("archive", {"bins": 1}, "bins: must be at least 2, got 1: with one bin each archive holds"),
         ("mutation", {"skip": ["norm("]}, "'norm\\(' is not a regular expression"),
     ],
 )

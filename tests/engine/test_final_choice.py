@@ -88,7 +88,12 @@ def test_a_select_split_on_some_tasks_only_is_refused_before_any_work(
     _use_task(cfg, "select_tasks:WithoutSelect", only=1)
     with pytest.raises(CycleQDError, match=r"sine, abs have a select split but product not"):
         Engine.create(load_config(cfg), tmp_path / "run").run()
-    assert not (tmp_path / "run" / "checkpoint.json").exists()
+    run = tmp_path / "run"
+    assert not (run / "checkpoint.json").exists()
+    # Nothing of the run was written, so the corrected config can use the same folder.
+    assert not (run / "config.yaml").exists()
+    _use_task(cfg, "select_tasks:WithoutSelect")
+    Engine.create(load_config(cfg), run)
 
 
 def test_seed_merges_are_scored_offered_and_released_like_children(tmp_path: Path) -> None:

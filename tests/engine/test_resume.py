@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -122,6 +123,30 @@ def test_resume_of_a_finished_run_changes_nothing(reference: Path) -> None:
     before = (reference / "checkpoint.json").read_text()
     cli("resume", str(reference), "--no-progress")
     assert (reference / "checkpoint.json").read_text() == before
+
+
+def test_a_resume_refused_for_the_lock_leaves_the_config_as_it_was(reference: Path) -> None:
+    before = (reference / "config.yaml").read_bytes()
+    with open(reference / ".lock", "w") as held:  # another process working on the run
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        proc = cli("resume", str(reference), "--generations", str(GENERATIONS + 6), check=False)
+    assert proc.returncode == 2
+    assert "another process" in proc.stderr
+    assert (reference / "config.yaml").read_bytes() == before
+    # A plain resume afterwards finds the run finished at its own length, not extended.
+    cli("resume", str(reference), "--no-progress")
+    assert json.loads((reference / "checkpoint.json").read_text())["generation"] == GENERATIONS
+
+
+def test_run_refuses_a_file_as_its_folder(tmp_path: Path) -> None:
+    cfg = write_toy_config(tmp_path, generations=2)
+    target = tmp_path / "taken"
+    target.write_text("a file")
+    proc = cli("run", str(cfg), "--out", str(target), check=False)
+    assert proc.returncode == 2
+    assert "is a file, not a folder" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert target.read_text() == "a file"
 
 
 def test_run_refuses_an_existing_run_folder(reference: Path, tmp_path: Path) -> None:

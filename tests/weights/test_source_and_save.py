@@ -137,7 +137,23 @@ def test_load_errors_name_the_problem(tmp_path: Path) -> None:
 def test_unreachable_hub_id_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="could not be downloaded from the Hugging Face hub"):
-        open_model("no-such-org/no-such-model")
+        open_model("hf:no-such-org/no-such-model")
+
+
+def test_a_missing_relative_path_is_missing_not_a_hub_id(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    # ``experts/code`` has the shape of a hub id; without the hf: prefix it is a path, so it is
+    # reported as missing at once and nothing is asked of the network.
+    monkeypatch.chdir(tmp_path)
+    import huggingface_hub
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the hub was asked for a local path")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_network)
+    with pytest.raises(ModelLoadError, match=r"experts/code does not exist; .* is written hf:ORG/NAME"):
+        open_model("experts/code")
+    with pytest.raises(ModelLoadError, match="hf:a/b/c is not a Hugging Face Hub id"):
+        open_model("hf:a/b/c")
 
 
 def test_fingerprint_depends_on_bytes_names_and_dtype() -> None:

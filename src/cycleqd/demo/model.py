@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from cycleqd.demo.skills import ALPHABET
-from cycleqd.evaluation.backends.loading import quiet_loading
+from cycleqd.evaluation.backends.loading import quiet_progress
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def load_model(folder: str | Path) -> Any:
     """Load a demo model folder for more training (fp32, training mode)."""
     from transformers import AutoModelForCausalLM
 
-    with quiet_loading():
+    with quiet_progress():
         return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).train()
 
 
@@ -107,6 +107,7 @@ def save_hf_model(model: Any, tokenizer: Any, folder: str | Path) -> Path:
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(folder), safe_serialization=True)
-    tokenizer.save_pretrained(str(folder))
+    with quiet_progress():
+        model.save_pretrained(str(folder), safe_serialization=True)
+        tokenizer.save_pretrained(str(folder))
     return folder

@@ -68,7 +68,14 @@ class DemoSettings:
 
     def run_sections(self, preset: str) -> dict[str, Any]:
         """The run config sections of one preset's CycleQD run (besides models, tasks, evaluation)."""
-        return {"preset": preset, "generations": self.generations, "final": {"top_k": self.top_k}}
+        sections: dict[str, Any] = {
+            "preset": preset,
+            "generations": self.generations,
+            "final": {"top_k": self.top_k},
+        }
+        if self.quick:  # its models are trained for seconds and may answer nothing right
+            sections["stop_without_signal"] = False
+        return sections
 
     @classmethod
     def quick_settings(cls, **changes: Any) -> DemoSettings:

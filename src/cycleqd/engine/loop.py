@@ -35,6 +35,7 @@ from cycleqd.atomic import atomic_write_text
 from cycleqd.config import RunConfig, check_model_paths, dump_config, load_config
 from cycleqd.engine.aggregate import aggregate_tensors, softmax_weights
 from cycleqd.engine.choice import Candidate, choose, top_by_validation
+from cycleqd.engine.expert_signal import NoSignalError, check_signal
 from cycleqd.engine.factory import BASE_ID, build_child_builder, expert_id, svd_caches
 from cycleqd.engine.jobs import ChildBuilder, Job, JobOutcome, validation_scores
 from cycleqd.engine.paths import RunPaths
@@ -93,6 +94,22 @@ class NullReporter:
         pass
 
 
+def _refuse_taken(paths: RunPaths, out: str | Path) -> None:
+    """Refuse a run folder that is a file, holds a run or holds anything but a lock file.
+
+    Raises:
+        CycleQDError: Naming the folder and what to do instead.
+    """
+    if paths.root.exists() and not paths.root.is_dir():
+        raise CycleQDError(f"{paths.root} is a file, not a folder; give a new folder as --out")
+    if paths.checkpoint.exists() or paths.config.exists():
+        raise CycleQDError(
+            f"{paths.root} already holds a run; continue it with `cycleqd resume {out}` or give another --out"
+        )
+    if paths.root.exists() and any(p.name != ".lock" for p in paths.root.iterdir()):
+        raise CycleQDError(f"{paths.root} is not empty; give a new or empty folder as --out")
+
+
 @contextlib.contextmanager
 def run_lock(paths: RunPaths) -> Iterator[None]:
     """Hold an exclusive lock on the run folder (released by the OS if the process dies).
@@ -132,6 +149,9 @@ class Engine:
     _evaluator: Evaluator | None = field(default=None, init=False, repr=False)
     _tasks: list[Any] = field(default_factory=list, init=False, repr=False)
     _base: ModelSource | None = field(default=None, init=False, repr=False)
+    # "new": create() made it (config.yaml written once the run holds the lock and its checks
+    # pass); "changed": open() changed the config (rewritten at the same point); None: as on disk.
+    _pending_config: str | None = field(default=None, init=False, repr=False)
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
@@ -146,21 +166,20 @@ class Engine:
         Returns:
             The engine; call :meth:`run`.
 
+        Nothing is written here: :meth:`run` writes ``config.yaml`` once it holds the run's lock and
+        the tasks' data and the base model have passed their checks, so a run refused up front leaves
+        the folder as it was and a corrected command can use it.
+
         Raises:
-            CycleQDError: If ``out`` already holds a run or other files, or a model path is missing.
+            CycleQDError: If ``out`` is a file, already holds a run or other files, or a model path is
+                missing.
         """
         paths = RunPaths(Path(out).resolve())
-        if paths.checkpoint.exists() or paths.config.exists():
-            raise CycleQDError(
-                f"{paths.root} already holds a run; continue it with `cycleqd resume {out}` "
-                "or give another --out"
-            )
-        if paths.root.exists() and any(p.name != ".lock" for p in paths.root.iterdir()):
-            raise CycleQDError(f"{paths.root} is not empty; give a new or empty folder as --out")
+        _refuse_taken(paths, out)
         check_model_paths(cfg)
-        paths.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(paths.config, dump_config(cfg))
-        return cls(cfg=cfg, paths=paths, reporter=reporter or NullReporter())
+        engine = cls(cfg=cfg, paths=paths, reporter=reporter or NullReporter())
+        engine._pending_config = "new"
+        return engine
 
     @classmethod
     def open(
@@ -196,7 +215,9 @@ class Engine:
                         "--generations must be at least that"
                     )
             cfg.generations = generations
-            atomic_write_text(paths.config, dump_config(cfg))
+            engine = cls(cfg=cfg, paths=paths, reporter=reporter or NullReporter())
+            engine._pending_config = "changed"  # recorded by run(), once the lock is held
+            return engine
         return cls(cfg=cfg, paths=paths, reporter=reporter or NullReporter())
 
     # -- public ----------------------------------------------------------------------------------
@@ -219,6 +240,7 @@ class Engine:
                 for split in SPLITS:
                     task.prepare(split)
             self._base = open_model(self.cfg.models.base, name=BASE_ID)
+            self._write_pending_config()
             if self.paths.checkpoint.exists():
                 state = RunState.load(self.paths.checkpoint)
                 self._recover(state)
@@ -240,6 +262,22 @@ class Engine:
             if not state.finished:
                 self._finalise(state)
             return state
+
+    def _write_pending_config(self) -> None:
+        """Write ``config.yaml`` for a new run or a changed one (the lock is held, checks passed).
+
+        Raises:
+            CycleQDError: When a new run's folder got a run meanwhile (made by another process).
+        """
+        if self._pending_config is None:
+            return
+        if self._pending_config == "new" and (self.paths.config.exists() or self.paths.checkpoint.exists()):
+            raise CycleQDError(
+                f"{self.paths.root} already holds a run (made after this one was prepared); continue it "
+                f"with `cycleqd resume {self.paths.root}` or give another --out"
+            )
+        atomic_write_text(self.paths.config, dump_config(self.cfg))
+        self._pending_config = None
 
     def _choice_split(self) -> str:
         """``select`` when every task has a select split, ``validation`` when none has.
@@ -304,9 +342,11 @@ class Engine:
         registry[BASE_ID].scores["validation"] = base_scores
         self.reporter.advance()
         expert_scores: dict[str, dict[str, float]] = {}
+        expert_results = {}
         for task, src in experts.items():
             fp = scans[src.name].fingerprint
-            expert_scores[task] = self._scores(src, fp, "validation")
+            expert_results[task] = self.evaluator.evaluate(src, fingerprint=fp, split="validation")
+            expert_scores[task] = validation_scores(expert_results[task], cfg.task_names)
             registry.add(
                 ModelRecord(
                     id=src.name,
@@ -319,6 +359,15 @@ class Engine:
                 )
             )
             self.reporter.advance()
+        try:  # all zero: stop with a diagnosis instead of evolving noise
+            check_signal(expert_results)
+        except NoSignalError:
+            if cfg.stop_without_signal:
+                raise
+            self.reporter.log(
+                "warning: every expert scores 0 on every task; stop_without_signal is off, so the run "
+                "goes on without signal"
+            )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DegenerateRangeWarning)
             specs = make_bin_specs(

@@ -11,7 +11,9 @@ Supported layouts:
 - a single ``.safetensors`` file;
 - a torch state dict (``.pt``, ``.pth``, ``.bin``, or a folder with ``pytorch_model.bin``), for models
   that are not language models; it is memory-mapped by ``torch.load(mmap=True)`` where possible;
-- a Hugging Face hub id (``org/name``), downloaded to the local cache when the hub is reachable.
+- a Hugging Face Hub model written ``hf:org/name``, downloaded to the local cache when the hub is
+  reachable. The prefix is required: a bare ``org/name`` is a relative path like any other, so a
+  mistyped local folder is reported as missing instead of being looked up on the network.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ import torch
 from safetensors import safe_open
 
 from cycleqd.errors import ModelLoadError
+
+HUB_PREFIX = "hf:"
+"""Prefix of a Hugging Face Hub model id (``hf:org/name``) wherever a model path is accepted."""
 
 _SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -182,19 +187,27 @@ def open_model(path_or_id: str | Path, *, name: str | None = None) -> ModelSourc
     """Open a model's weights lazily.
 
     Args:
-        path_or_id: A local folder or file (see the module docstring for the layouts), or a hub id.
+        path_or_id: A local folder or file (see the module docstring for the layouts), or
+            ``hf:org/name`` for a model of the Hugging Face Hub.
         name: Short name for messages; defaults to the folder or file name.
 
     Returns:
         A :class:`ModelSource` that reads tensors on demand.
 
     Raises:
-        ModelLoadError: When the path holds no weights, an index names missing shards, two files hold
-            the same tensor, or a hub id cannot be downloaded.
+        ModelLoadError: When the path does not exist or holds no weights, an index names missing
+            shards, two files hold the same tensor, or a hub id cannot be downloaded.
     """
-    path = Path(path_or_id).expanduser()
-    if not path.exists():
-        path = _download_from_hub(str(path_or_id))
+    text = str(path_or_id)
+    if text.startswith(HUB_PREFIX):
+        path = _download_from_hub(text[len(HUB_PREFIX) :])
+    else:
+        path = Path(text).expanduser()
+        if not path.exists():
+            raise ModelLoadError(
+                f"{text} does not exist; give a model folder or a weights file (a model of the Hugging "
+                f"Face Hub is written {HUB_PREFIX}ORG/NAME)"
+            )
     label = name or path.name
     if path.is_file():
         if path.suffix == ".safetensors":
@@ -287,8 +300,11 @@ def _load_torch_state(file: Path) -> dict[str, torch.Tensor]:
 
 
 def _download_from_hub(repo_id: str) -> Path:
-    if repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
-        raise ModelLoadError(f"{repo_id} does not exist; give a model folder, a weights file or a hub id")
+    if repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")) or not all(repo_id.split("/")):
+        raise ModelLoadError(
+            f"{HUB_PREFIX}{repo_id} is not a Hugging Face Hub id; write {HUB_PREFIX}ORG/NAME, or give a "
+            "local folder without the prefix"
+        )
     try:
         from huggingface_hub import snapshot_download
 

@@ -24,7 +24,7 @@ import torch
 from cycleqd.errors import ConfigError, ModelLoadError
 from cycleqd.evaluation.backends.codec import PromptCodec
 from cycleqd.evaluation.backends.kvcache import roomy_cache
-from cycleqd.evaluation.backends.loading import quiet_loading
+from cycleqd.evaluation.backends.loading import quiet_progress
 from cycleqd.evaluation.base import Backend, Prompt
 from cycleqd.weights.dtypes import dtype_name, parse_dtype
 
@@ -90,7 +90,7 @@ class HFBackend(Backend):
         if target is None and self.device.type == "cpu":
             target = torch.float32
         try:
-            with quiet_loading():
+            with quiet_progress():
                 self.model = AutoModelForCausalLM.from_pretrained(str(self.model_dir), dtype=target or "auto")
         except Exception as exc:
             raise ModelLoadError(f"cannot load the model in {self.model_dir}: {exc}") from exc

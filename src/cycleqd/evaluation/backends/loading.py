@@ -1,7 +1,8 @@
-"""Loading Hugging Face models without transformers' own progress bars.
+"""Loading and saving Hugging Face models without transformers' own progress bars.
 
-transformers draws a "Loading weights" bar for every ``from_pretrained``; cycleqd loads its resident
-model once per evaluator and draws its own progress, so those bars would only interleave with it.
+transformers draws a "Loading weights" bar for every ``from_pretrained`` and a "Writing model shards"
+bar for every ``save_pretrained``; cycleqd draws its own progress, so those bars would only interleave
+with it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def quiet_loading() -> Iterator[None]:
+def quiet_progress() -> Iterator[None]:
     """Turn transformers' progress bars off for the duration, then back to how they were."""
     from transformers.utils import logging as hf_logging
 
