@@ -205,8 +205,8 @@ class Engine:
         paths = RunPaths(Path(run_dir).resolve())
         if not paths.config.is_file():
             raise CycleQDError(f"{paths.root} holds no run (no config.yaml); start one with `cycleqd run`")
-        cfg = load_config(paths.config)
-        if generations is not None and generations != cfg.generations:
+        engine = cls(cfg=load_config(paths.config), paths=paths, reporter=reporter or NullReporter())
+        if generations is not None and generations != engine.cfg.generations:
             if paths.checkpoint.exists():
                 done = RunState.load(paths.checkpoint).generation
                 if generations < done:
@@ -214,11 +214,9 @@ class Engine:
                         f"{paths.root} has already made {done} generations; "
                         "--generations must be at least that"
                     )
-            cfg.generations = generations
-            engine = cls(cfg=cfg, paths=paths, reporter=reporter or NullReporter())
+            engine.cfg.generations = generations
             engine._pending_config = "changed"  # recorded by run(), once the lock is held
-            return engine
-        return cls(cfg=cfg, paths=paths, reporter=reporter or NullReporter())
+        return engine
 
     # -- public ----------------------------------------------------------------------------------
     def run(self, *, runner: Runner | None = None) -> RunState:
