@@ -273,16 +273,28 @@ class InitConfig(_Strict):
 class FinalConfig(_Strict):
     """How the run's recommended model is chosen at the end.
 
-    The ``top_k`` elites by validation average and the aggregate are scored on the tasks' ``select``
-    split (disjoint from validation, which drove evolution, and from test); the best there is the
-    recommendation, saved as ``final/``. Without a ``select`` split the choice is made on validation
-    and the run says so.
+    The ``top_k`` elites by validation average, the soups of them and the aggregate are scored on the
+    tasks' ``select`` split (disjoint from validation, which drove evolution, and from test); the best
+    there is the recommendation, saved as ``final/``. Without a ``select`` split the choice is made on
+    validation and the run says so.
 
     Attributes:
         top_k: Elites re-scored on select.
+        soups: Weight averages of those elites offered as candidates (``engine/soup.py``):
+            ``uniform`` (all ``top_k``) and ``greedy`` (best first, each kept if the soup's validation
+            average does not drop; costs up to ``top_k - 1`` validation evaluations). ``[]`` offers
+            the elites and the aggregate only.
     """
 
     top_k: int = Field(8, ge=1, le=1000)
+    soups: list[Literal["uniform", "greedy"]] = Field(default_factory=lambda: ["uniform", "greedy"])
+
+    @field_validator("soups")
+    @classmethod
+    def _distinct_soups(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"each soup may be named once, got {v}")
+        return v
 
 
 class RunnerConfig(_Strict):

@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from cycleqd.engine.choice import Candidate, choose, mean_score, top_by_validation
+from cycleqd.engine.soup import greedy_ingredients
 
 
 def test_top_by_validation_orders_by_average_and_keeps_ties_in_order() -> None:
@@ -40,3 +41,21 @@ def test_the_choice_is_never_made_on_test_and_needs_select_scores() -> None:
     with pytest.raises(ValueError, match="no candidates"):
         choose([], split="select")
     assert mean_score({}) == 0.0
+
+
+def test_a_greedy_soup_keeps_each_addition_that_does_not_lower_its_score() -> None:
+    # The soup's score is looked up by its members: b helps, c hurts, d ties with the soup of a and b.
+    scores = {("a", "b"): 0.6, ("a", "b", "c"): 0.55, ("a", "b", "d"): 0.6}
+    calls: list[list[str]] = []
+
+    def score(members: list[str]) -> float:
+        calls.append(members)
+        return scores[tuple(members)]
+
+    kept = greedy_ingredients(["a", "b", "c", "d"], first_score=0.5, score=score)
+    assert kept == ["a", "b", "d"]
+    assert calls == [["a", "b"], ["a", "b", "c"], ["a", "b", "d"]]
+    # Nothing beats the first alone: the soup is the first model.
+    assert greedy_ingredients(["a", "b"], first_score=0.7, score=score) == ["a"]
+    with pytest.raises(ValueError, match="at least one candidate"):
+        greedy_ingredients([], first_score=0.0, score=score)

@@ -13,7 +13,7 @@ from cycleqd.config import load_config
 from cycleqd.engine.choice import mean_score
 from cycleqd.engine.loop import Engine
 from cycleqd.engine.state import RunState
-from cycleqd.errors import CycleQDError
+from cycleqd.errors import ConfigError, CycleQDError
 from cycleqd.weights import open_model
 
 
@@ -38,11 +38,14 @@ def test_the_recommendation_is_the_best_candidate_on_select_and_never_reads_test
     assert choice["split"] == "select"
     candidates = choice["candidates"]
     assert [c["model"] for c in candidates][-1] == "aggregate"
-    assert len(candidates) == 6  # the 5 best elites by validation and the aggregate
-    # The 5 are the elites with the best validation averages.
+    # The 5 elites with the best validation averages, the soups of them, the aggregate.
     elites = {e.model_id: e.scores for t in state.tasks for e in state.archives[t].elites()}
     best5 = sorted(elites, key=lambda m: -mean_score(elites[m]))[:5]
     assert [c["model"] for c in candidates[:5]] == best5
+    assert [c["model"] for c in candidates[5:-1]] == [
+        s["offered_as"] for s in choice["soups"].values() if s["offered_as"]
+    ]
+    assert "soup-uniform" in [c["model"] for c in candidates]
     by_select = max(candidates, key=lambda c: mean_score(c["select"]))
     assert choice["model"] == by_select["model"]
     # Test scores are 1 − select here: a choice made on test would have taken the worst on select.
@@ -133,3 +136,58 @@ def test_seed_merges_are_scored_offered_and_released_like_children(tmp_path: Pat
         assert open_model(run / rec.path)[name].allclose(by_hand, atol=1e-6), rec.id
     status = json.loads(cli("status", str(run), "--json").stdout)
     assert sum(status["seeds"].values()) == 3
+
+
+def test_soups_of_the_best_elites_are_candidates_with_their_members_and_search_recorded(
+    tmp_path: Path, flaky_tasks_root: Path
+) -> None:
+    cfg = write_toy_config(tmp_path, generations=24, root=str(flaky_tasks_root), final={"top_k": 4})
+    _use_task(cfg, "select_tasks:ReversedTest")
+    run = tmp_path / "run"
+    cli("run", str(cfg), "--out", str(run), "--no-progress")
+    state = RunState.load(run / "checkpoint.json")
+    choice = json.loads((run / "choice.json").read_text())
+    top = [c["model"] for c in choice["candidates"][:4]]
+    uniform = choice["soups"]["uniform"]
+    assert uniform == {"members": top, "offered_as": "soup-uniform"}
+    # The uniform soup is θ0 + (1/4) Σ τ_i, by hand on every tensor.
+    base = open_model(state.registry["base"].path)
+    members = [open_model(run / state.registry[m].path) for m in top]
+    soup = open_model(run / "soups" / "uniform")
+    for name in base:
+        by_hand = base[name] + sum(m[name] - base[name] for m in members) / 4
+        assert soup[name].allclose(by_hand, atol=1e-6), name
+    # The greedy search: each addition kept exactly when it did not lower the soup's score so far.
+    greedy = choice["soups"]["greedy"]
+    assert greedy["first"] == top[0]
+    assert [t["added"] for t in greedy["trials"]] == top[1:]
+    current = greedy["validation"]
+    assert current == pytest.approx(mean_score(state.registry[top[0]].scores["validation"]))
+    for t in greedy["trials"]:
+        assert t["kept"] == (t["validation"] >= current)
+        current = max(current, t["validation"]) if t["kept"] else current
+    assert greedy["members"] == [top[0], *(t["added"] for t in greedy["trials"] if t["kept"])]
+    offered = len(greedy["members"]) > 1 and set(greedy["members"]) != set(top)
+    assert greedy["offered_as"] == ("soup-greedy" if offered else None)
+    for soup_id in ("soup-uniform", "soup-greedy") if offered else ("soup-uniform",):
+        rec = state.registry[soup_id]
+        assert rec.kind.value == "soup"
+        assert rec.scores.keys() >= {"validation", "select", "test"}
+    assert not (run / "soups" / ".trial").exists()
+    # Without soups, the candidates are the elites and the aggregate, and no soups/ folder is left.
+    (tmp_path / "b").mkdir()
+    cfg2 = write_toy_config(
+        tmp_path / "b", generations=24, root=str(flaky_tasks_root), final={"top_k": 4, "soups": []}
+    )
+    _use_task(cfg2, "select_tasks:ReversedTest")
+    cli("run", str(cfg2), "--out", str(tmp_path / "run2"), "--no-progress")
+    choice2 = json.loads((tmp_path / "run2" / "choice.json").read_text())
+    assert [c["model"] for c in choice2["candidates"]] == [*top, "aggregate"]
+    assert choice2["soups"] == {}
+    assert not (tmp_path / "run2" / "soups").exists()
+
+
+def test_a_soup_named_twice_is_refused(tmp_path: Path) -> None:
+    cfg = write_toy_config(tmp_path, generations=2, final={"soups": ["greedy", "greedy"]})
+    with pytest.raises(ConfigError, match="each soup may be named once"):
+        load_config(cfg)

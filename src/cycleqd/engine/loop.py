@@ -22,7 +22,7 @@ import os
 import shutil
 import signal
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,13 +34,14 @@ import torch
 from cycleqd.atomic import atomic_write_text
 from cycleqd.config import RunConfig, check_model_paths, dump_config, load_config
 from cycleqd.engine.aggregate import aggregate_tensors, softmax_weights
-from cycleqd.engine.choice import Candidate, choose, top_by_validation
+from cycleqd.engine.choice import Candidate, choose, mean_score, top_by_validation
 from cycleqd.engine.expert_signal import NoSignalError, check_signal
 from cycleqd.engine.factory import BASE_ID, build_child_builder, expert_id, svd_caches
 from cycleqd.engine.jobs import ChildBuilder, Job, JobOutcome, validation_scores
 from cycleqd.engine.paths import RunPaths
 from cycleqd.engine.registry import ModelKind, ModelRecord, ModelRegistry, ModelStatus
 from cycleqd.engine.runners.base import Runner
+from cycleqd.engine.soup import SOUP_KINDS, greedy_ingredients, soup_id
 from cycleqd.engine.state import RunState
 from cycleqd.errors import CycleQDError
 from cycleqd.evaluation.base import SPLITS
@@ -740,6 +741,89 @@ class Engine:
                 if entry.name not in keep:
                     _remove(entry)
 
+    def _save_soup(self, state: RunState, members: Sequence[str], path: Path) -> tuple[ModelSource, str]:
+        """Save θ0 + (1/n) Σ τ of ``members`` to ``path``; return it opened and its fingerprint."""
+        assert self._base is not None
+        sources = [open_model(self._model_path(state, m), name=m) for m in members]
+        save_model(
+            aggregate_tensors(self._base, sources, [1.0 / len(members)] * len(members)),
+            path,
+            template=self._base,
+            dtype=parse_dtype(self.cfg.models.dtype),
+        )
+        soup = open_model(path, name=path.name)
+        return soup, fingerprint_tensors(soup)
+
+    def _make_soups(self, state: RunState, top: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
+        """Make and register the configured soups of ``top`` (best first), scored on validation.
+
+        A soup of one model, or with the same members as one made before it, is not offered.
+
+        Returns:
+            The soups' model ids, and for ``choice.json`` each configured soup's members, the id it is
+            offered as (``None`` when not offered) and, for the greedy soup, each addition tried with
+            its validation average.
+        """
+        for kind in SOUP_KINDS:  # a finalisation that was interrupted is redone
+            state.registry.remove(soup_id(kind))
+        _remove(self.paths.soups)
+        kinds = self.cfg.final.soups
+        if len(top) < 2 or not kinds:
+            return [], {}
+        members: dict[str, list[str]] = {}
+        searched: dict[str, dict[str, Any]] = {}
+        if "uniform" in kinds:
+            members["uniform"] = list(top)
+        if "greedy" in kinds:
+            self.reporter.phase("greedy soup on validation", total=len(top) - 1)
+            trial = self.paths.soups / ".trial"
+            trials: list[dict[str, Any]] = []
+
+            def soup_score(ids: list[str]) -> float:
+                soup, fingerprint = self._save_soup(state, ids, trial)
+                self.reporter.advance()
+                score = mean_score(self._scores(soup, fingerprint, "validation"))
+                trials.append({"added": ids[-1], "validation": score})
+                return score
+
+            first = mean_score(state.registry[top[0]].scores["validation"])
+            members["greedy"] = greedy_ingredients(top, first_score=first, score=soup_score)
+            _remove(trial)
+            for t in trials:
+                t["kept"] = t["added"] in members["greedy"]
+            searched["greedy"] = {"first": top[0], "validation": first, "trials": trials}
+        made: list[str] = []
+        seen: list[set[str]] = []
+        trace: dict[str, dict[str, Any]] = {}
+        for kind in SOUP_KINDS:
+            ids = members.get(kind)
+            if ids is None:
+                continue
+            offered = len(ids) > 1 and set(ids) not in seen
+            trace[kind] = {
+                "members": ids,
+                "offered_as": soup_id(kind) if offered else None,
+                **searched.get(kind, {}),
+            }
+            if not offered:
+                continue
+            seen.append(set(ids))
+            path = self.paths.soups / kind
+            soup, fingerprint = self._save_soup(state, ids, path)
+            record = ModelRecord(
+                id=soup_id(kind),
+                kind=ModelKind.SOUP,
+                status=ModelStatus.REFERENCE,
+                path=str(path.relative_to(self.paths.root)),
+                fingerprint=fingerprint,
+                parents=list(ids),
+            )
+            record.scores["validation"] = self._scores(soup, fingerprint, "validation")  # cached for greedy
+            state.registry.add(record)
+            made.append(record.id)
+        crash_point("after-soups", state.generation)
+        return made, trace
+
     def _finalise(self, state: RunState) -> None:
         assert self._base is not None
         cfg = self.cfg
@@ -770,7 +854,9 @@ class Engine:
         elites = {e.model_id: e for t in cfg.task_names for e in state.archives[t].elites()}
         by_id = {m: elites[m].scores for m in sorted(elites)}  # ties go to the smaller id
         best_average = top_by_validation(by_id, 1)[0]
-        candidates = [*top_by_validation(by_id, cfg.final.top_k), AGGREGATE_ID]
+        top = top_by_validation(by_id, cfg.final.top_k)
+        soups, soup_trace = self._make_soups(state, top)
+        candidates = [*top, *soups, AGGREGATE_ID]
         split = self._choice_split()
         opened: dict[str, ModelSource] = {AGGREGATE_ID: agg}
 
@@ -808,6 +894,7 @@ class Engine:
             "model": chosen,
             "path": self.paths.final.name,  # relative to the run folder, which may move
             "top_k": cfg.final.top_k,
+            "soups": soup_trace,
             "candidates": [
                 {"model": m, **{k: v for k, v in state.registry[m].scores.items() if k != "test"}}
                 for m in candidates

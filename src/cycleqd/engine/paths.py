@@ -42,6 +42,11 @@ class RunPaths:
         return self.root / "aggregate"
 
     @property
+    def soups(self) -> Path:
+        """The soups offered to the final choice, one Hugging Face folder each."""
+        return self.root / "soups"
+
+    @property
     def final(self) -> Path:
         """The run's recommended model as a Hugging Face folder (chosen on select, else validation)."""
         return self.root / "final"

@@ -16,6 +16,7 @@ class ModelKind(str, enum.Enum):
     CHILD = "child"
     SEED = "seed"  # a merge of the experts offered to the archives at the start (``init.merges``)
     AGGREGATE = "aggregate"
+    SOUP = "soup"  # an average of the best elites, offered to the final choice (``final.soups``)
 
     @property
     def stored_in_run(self) -> bool:
@@ -29,7 +30,7 @@ class ModelStatus(str, enum.Enum):
     ``elite``: held by at least one archive cell (weights kept). ``released``: was an elite, displaced
     from its last cell (weights deleted). ``rejected``: evaluated, taken by no archive (weights never
     saved). ``failed``: building or evaluating it raised or gave an invalid score. ``reference``: the
-    base and the aggregate, which are not archive members.
+    base, the aggregate and the soups, which are not archive members.
     """
 
     ELITE = "elite"
@@ -44,7 +45,8 @@ class ModelRecord:
     """One model of the run.
 
     Attributes:
-        id: Model id (``expert-<task>``, ``g<generation>``, ``seed-<i>``, ``base``, ``aggregate``).
+        id: Model id (``expert-<task>``, ``g<generation>``, ``seed-<i>``, ``base``, ``aggregate``,
+            ``soup-<kind>``).
         kind: What it is.
         status: Where it stands.
         path: Its weights folder (absolute for the base and experts, relative to the run folder for
