@@ -188,8 +188,8 @@ def _python_answers(victim: Path) -> list[str]:
         "def f(x):\n    return x + 1",  # still judged, after the attempt on the supervisor
         # A fake verdict line (no token).
         "import json\nprint('\\n' + '0' * 32 + json.dumps({'status': 'pass'}))\ndef f(x):\n    return x",
-        # The token, found by introspection of the harness: a pass with batches as without (the sandbox,
-        # not the harness, contains hostile code).
+        # The token and the harness's reporting function, found by introspection: it reports values,
+        # never a pass, so this fails with batches as without.
         "import os, sys\n"
         "def f(x):\n"
         "    frame = sys._getframe()\n"
@@ -236,7 +236,7 @@ def test_python_batches_give_the_verdicts_of_single_runs(tmp_path, data, victim)
     assert not alone[7][0]
     assert not alone[9][0]
     assert alone[11][0]
-    assert alone[13][0]  # the introspection pass, the same both ways
+    assert not alone[13][0]  # the introspection cheat, the same both ways
     assert sorted(p.name for p in victim.iterdir()) == ["precious.txt"]
     assert (victim / "precious.txt").read_text() == "precious\n"
     _clean_afterwards(sandbox)

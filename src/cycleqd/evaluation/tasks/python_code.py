@@ -11,11 +11,12 @@ With the ``answer_prefix`` param the model writes only the end of the program: f
 ``answer_prefix: "def f(x): return "`` an answer ``x+1`` is run as ``def f(x): return x+1``.
 
 The answer's code (the first fenced Python block, else the whole answer) runs in the sandbox with a
-small harness that executes the setup, the solution and each test in turn and reports the first
-failure. The verdict line carries a random token given on stdin, so that printing alone does not fake
-a pass (code in the same process could still find the token by introspection: the sandbox, not the
-harness, is what contains hostile code). The tests reach the harness on stdin, not in a file the
-solution could read.
+small harness that executes the setup and the solution, then evaluates each test's operands and
+writes their values as plain data; the comparison is made outside the sandbox, against literals that
+never enter it (:mod:`~cycleqd.evaluation.tasks.python_judge`), so neither an object whose ``__eq__``
+is always true nor an answer that reaches the harness can pass a test. The records carry a random
+token given on stdin, so that what the program prints is not taken for them. The tests reach the
+harness on stdin, not in a file the solution could read.
 
 Answers are checked ``check_batch`` at a time in one sandboxed run, each in its own process, folder
 and limits, the harness run in a fork of an already started interpreter (see
@@ -38,66 +39,14 @@ from cycleqd.evaluation.sandbox import SandboxResult
 from cycleqd.evaluation.sandbox.batch import JobOutcome, SandboxJob
 from cycleqd.evaluation.tasks.checks import DEFAULT_CHECK_BATCH, BatchedChecks, Check, CheckBatch
 from cycleqd.evaluation.tasks.common import BuiltinTask, ExecParams, Item, extract_code, failed, passed
-
-HARNESS = r'''
-import ast
-import json
-import sys
-
-
-def describe(test, env):
-    """The value of the left side of a failed `assert x == y`, for the failure message."""
-    try:
-        node = ast.parse(test).body[0]
-        if isinstance(node, ast.Assert) and isinstance(node.test, ast.Compare):
-            value = eval(compile(ast.Expression(node.test.left), "<test>", "eval"), env)
-            text = repr(value)
-            return text if len(text) <= 200 else text[:200] + "..."
-    except BaseException:
-        pass
-    return None
-
-
-def main():
-    # The token and the tests come on stdin, so the solution cannot read them from a file.
-    token = sys.stdin.readline().strip()
-    spec = json.loads(sys.stdin.read())
-    out = sys.stdout
-
-    def report(verdict):
-        out.write("\n" + token + json.dumps(verdict) + "\n")
-        out.flush()
-
-    with open("solution.py", encoding="utf-8") as fh:
-        source = fh.read()
-    env = {"__name__": "__main__", "__builtins__": __builtins__}
-    try:
-        code = compile(source, "solution.py", "exec")
-    except SyntaxError as exc:
-        report({"status": "syntax", "message": f"{exc.msg} (line {exc.lineno})"})
-        return
-    try:
-        if spec["setup"]:
-            exec(spec["setup"], env)
-        exec(code, env)
-    except BaseException as exc:
-        report({"status": "load", "message": f"{type(exc).__name__}: {exc}"[:300]})
-        return
-    for index, test in enumerate(spec["tests"]):
-        try:
-            exec(test, env)
-        except AssertionError:
-            report({"status": "fail", "index": index, "test": test, "got": describe(test, env)})
-            return
-        except BaseException as exc:
-            message = f"{type(exc).__name__}: {exc}"[:300]
-            report({"status": "error", "index": index, "test": test, "message": message})
-            return
-    report({"status": "pass"})
-
-
-main()
-'''
+from cycleqd.evaluation.tasks.python_judge import (
+    HARNESS,
+    TestPlan,
+    harness_records,
+    judge_test,
+    plan_test,
+    sandbox_spec,
+)
 
 
 def syntax_error(code: str) -> str | None:
@@ -222,23 +171,31 @@ class PythonCodeTask(BatchedChecks, BuiltinTask[PythonCodeParams, PythonCodeItem
         if syntax is not None:
             return failed(item, output, f"syntax error: {syntax}", code=code)
         token = secrets.token_hex(16)
+        plans = [plan_test(t) for t in item.tests]
         job = SandboxJob(
             argv=(self.context.sandbox.python, "-I", "../support/harness.py"),
             files={"solution.py": code},
             support_files={"harness.py": HARNESS},
-            stdin=token + "\n" + json.dumps({"setup": item.setup, "tests": item.tests}),
+            stdin=token + "\n" + json.dumps(sandbox_spec(item.setup, plans)),
             warm=True,
         )
 
         def finish(outcome: JobOutcome) -> ItemResult:
-            return self.verdict(item, output, code, token, outcome.result)
+            return self.verdict(item, output, code, token, outcome.result, plans=plans)
 
         return Check(job, finish)
 
     def verdict(
-        self, item: PythonCodeItem, output: str, code: str, token: str, result: SandboxResult
+        self,
+        item: PythonCodeItem,
+        output: str,
+        code: str,
+        token: str,
+        result: SandboxResult,
+        *,
+        plans: list[TestPlan],
     ) -> ItemResult:
-        """Judge what the harness reported (its verdict line carries the run's token).
+        """Judge the values the harness reported, test by test (its records carry the run's token).
 
         Args:
             item: The item.
@@ -246,38 +203,28 @@ class PythonCodeTask(BatchedChecks, BuiltinTask[PythonCodeParams, PythonCodeItem
             code: The program that ran.
             token: The run's token.
             result: The run.
+            plans: The item's tests as split for the run (:func:`plan_test`).
 
         Returns:
-            The item's result.
+            The item's result: a pass only when every test passed.
         """
         detail: dict[str, Any] = {"code": code}
-        verdict = None
-        for line in reversed(result.stdout.splitlines()):
-            if line.startswith(token):
-                try:
-                    verdict = json.loads(line[len(token) :])
-                except json.JSONDecodeError:
-                    verdict = None
-                break
-        if verdict is None:
-            reason = result.failure() or "the program ended before the tests finished"
-            return failed(item, output, reason, **detail, stderr=result.stderr[-1000:])
-        status = verdict.get("status")
-        if status == "pass":
-            return passed(item, output, **detail)
-        if status == "syntax":
-            return failed(item, output, f"syntax error: {verdict.get('message')}", **detail)
-        if status == "load":
-            return failed(item, output, f"crashed while loading: {verdict.get('message')}", **detail)
-        if status == "fail":
-            got = verdict.get("got")
-            reason = f"test {verdict.get('index')} failed: {verdict.get('test')}" + (
-                f" (got {got})" if got else ""
-            )
-            return failed(item, output, reason, **detail)
-        return failed(
-            item,
-            output,
-            f"test {verdict.get('index')} crashed: {verdict.get('message')} in {verdict.get('test')}",
-            **detail,
-        )
+        records = harness_records(result.stdout, token)
+        status = next((r for r in records if "status" in r), None)
+        if status is not None and status.get("status") == "syntax":
+            return failed(item, output, f"syntax error: {status.get('message')}", **detail)
+        if status is not None and status.get("status") == "load":
+            return failed(item, output, f"crashed while loading: {status.get('message')}", **detail)
+        by_index: dict[int, dict[str, Any]] = {}
+        for record in records:
+            if isinstance(record.get("i"), int):
+                by_index.setdefault(record["i"], record)  # the harness writes each test once
+        for index, plan in enumerate(plans):
+            judged = judge_test(index, plan, by_index.get(index))
+            if judged.passed:
+                continue
+            if judged.reason is None:
+                reason = result.failure() or f"the program ended before test {index} finished"
+                return failed(item, output, reason, **detail, stderr=result.stderr[-1000:])
+            return failed(item, output, judged.reason, **detail)
+        return passed(item, output, **detail)
