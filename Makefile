@@ -9,7 +9,7 @@ EXTRAS ?= dev,ray
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell echo '$(TORCH) $(EXTRAS)' | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test test-quick lint format bench clean
+.PHONY: install demo test test-quick lint format bench hostile clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: $(STAMP)
 
 test-quick: $(STAMP)
 	$(PY) -m pytest -m "not slow"
+
+# The hostile set through `cycleqd eval --predictions`: attack | contained | seconds (docs/sandbox.md).
+hostile: $(STAMP)
+	$(PY) bench/bench_hostile.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench examples

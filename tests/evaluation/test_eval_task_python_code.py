@@ -183,3 +183,13 @@ def test_a_value_the_judge_cannot_compare_fails_with_its_type_named(task: Python
     r = _score(task, "from decimal import Decimal\ndef f(x):\n    return Decimal(x + 1)")
     assert not r.correct
     assert r.reason.startswith("test 0 failed: assert f(1) == 2 (got a Decimal, which is not plain data")
+
+
+def test_an_answer_that_floods_its_output_is_told_so(task: PythonCodeTask) -> None:
+    flood = "import sys\nsys.stdout.write('x' * (4 << 20))\ndef f(x):\n    return x + 1"
+    r = _score(task, flood)
+    assert not r.correct
+    assert r.reason == (
+        "the program wrote more than the output limit (evaluation.sandbox.max_output_kb), which cut off "
+        "the results from test 0 on"
+    )

@@ -61,6 +61,7 @@ class SandboxSpec(BaseModel):
         memory_mb: Memory per process (and per sandbox where a memory cgroup can be made).
         max_processes: Processes alive at once.
         max_file_mb: Largest file written.
+        disk_mb: Most the sandbox's folder may hold, all files together; a run writing more is killed.
         max_output_kb: Output kept per stream.
         network: Allow network access.
         binds: Extra host folders the programs may read.
@@ -74,6 +75,7 @@ class SandboxSpec(BaseModel):
     memory_mb: int = Field(1024, gt=0)
     max_processes: int = Field(64, gt=0)
     max_file_mb: int = Field(16, gt=0)
+    disk_mb: int = Field(64, gt=0)
     max_output_kb: int = Field(1024, gt=0)
     network: bool = False
     binds: list[str] = Field(default_factory=list)
@@ -86,6 +88,7 @@ class SandboxSpec(BaseModel):
             memory_mb=self.memory_mb,
             max_processes=self.max_processes,
             max_file_mb=self.max_file_mb,
+            disk_mb=self.disk_mb,
             max_output_kb=self.max_output_kb,
             network=self.network,
         )

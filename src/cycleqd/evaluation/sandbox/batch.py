@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import selectors
-import signal
 import struct
 import sys
 import threading
@@ -174,6 +173,7 @@ def execute_batch(
     frames = [_frame(sandbox, session, i, job) for i, job in enumerate(jobs)]
     settings = {
         "wall_s": limits.wall_s,
+        "disk_bytes": limits.disk_mb * 1024 * 1024,
         "max_output": limits.max_output_kb * 1024,
         # As root each program gets a throwaway uid of its own, drawn as a session draws its own.
         "uid_range": list(_UID_RANGE),
@@ -192,7 +192,7 @@ def execute_batch(
         watch = _BatchWatch(run, frames, limits)
         watch.run()
     finally:
-        run.cgroups.remove()
+        run.remove_cgroups()
         if session.uid is not None:
             _kill_uid(session.uid)
     if watch.trouble:
@@ -223,6 +223,7 @@ def execute_batch(
             max_rss_kb=header.get("maxrss_kb"),
             isolation=isolation,
             notes=tuple(watch.notes),
+            disk_exceeded=bool(header.get("disk_exceeded")),
         )
         out.append(JobOutcome(result=result, tree=json.loads(tree) if jobs[i].snapshot else None))
     return out
@@ -319,12 +320,8 @@ class _BatchWatch:
                         if self.answered > done:
                             deadline = time.monotonic() + self.limits.wall_s + SLACK_S
         finally:
-            # The launcher is at worst a zombie here (never reaped before): its group id is ours.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            self.run_.cgroups.kill_all()
             sel.close()
-            proc.wait()
+            self.run_.reap()
             for stream in (proc.stdout, proc.stderr, proc.stdin):
                 with contextlib.suppress(OSError):
                     stream.close()

@@ -5,6 +5,7 @@ list of its processes to kill.
 
 Each sandbox gets a child of the cgroup the caller itself is in, so its usage still counts against any
 limit placed on the caller. cgroup v1 (one hierarchy per controller) and v2 (unified) are supported.
+Standard library only: the warden loads this file by path.
 """
 
 from __future__ import annotations
@@ -14,8 +15,27 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+
+def kill_until_gone(find: Callable[[], list[int]], *, timeout: float) -> None:
+    """SIGKILL the processes ``find`` names until it names none (or ``timeout`` seconds pass).
+
+    Args:
+        find: Lists the processes still to kill.
+        timeout: Give up after this long (processes that will not die, pids reused meanwhile).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = find()
+        if not pids or time.monotonic() > deadline:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.01)
 
 
 @dataclass
@@ -42,15 +62,7 @@ class CgroupSet:
 
     def kill_all(self, *, timeout: float = 2.0) -> None:
         """SIGKILL every process in the cgroups until none is left (or ``timeout`` passes)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            pids = self.pids()
-            if not pids or time.monotonic() > deadline:
-                return
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.01)
+        kill_until_gone(lambda: list(self.pids()), timeout=timeout)
 
     def remove(self) -> None:
         """Kill what is left and delete the cgroups."""

@@ -27,8 +27,9 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Literal
 
 from cycleqd.errors import CycleQDError
-from cycleqd.evaluation.sandbox.cgroup import CgroupSet, create_cgroups
-from cycleqd.evaluation.sandbox.tree import remove_tree
+from cycleqd.evaluation.sandbox.cgroup import CgroupSet, create_cgroups, kill_until_gone
+from cycleqd.evaluation.sandbox.tree import remove_tree, usage
+from cycleqd.evaluation.sandbox.warden import uid_pids, warden
 
 if TYPE_CHECKING:
     from cycleqd.evaluation.sandbox.batch import JobOutcome, SandboxJob
@@ -38,6 +39,8 @@ SYSTEM_BINDS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", 
 PATH = "/usr/local/bin:/usr/bin:/bin"
 _UID_RANGE = (1_800_000_000, 1_900_000_000)
 _GRACE_S = 0.2
+QUOTA_CHECK_S = 0.1
+"""Seconds between two measurements of a running sandbox's folder against its disk quota."""
 
 #: What each isolation name in :attr:`SandboxResult.isolation` means.
 ISOLATION_NAMES: dict[str, str] = {
@@ -74,6 +77,7 @@ class Launched:
         cgroups: The cgroups it joined (removed by the caller when done).
         notes: Notes from making the cgroups.
         start: ``time.monotonic()`` just before it started.
+        token: The warden's registration of its process group and cgroups.
     """
 
     proc: subprocess.Popen[bytes]
@@ -81,6 +85,22 @@ class Launched:
     cgroups: CgroupSet
     notes: list[str]
     start: float
+    token: str
+
+    def reap(self) -> None:
+        """Kill the launcher's process group and wait for the launcher (whose group id is then free)."""
+        # The launcher is at worst a zombie until the wait below (never reaped before), so its process
+        # group id cannot have been reused: killing the group is safe, and so is the warden's copy.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.cgroups.kill_all()
+        warden().release(self.token, "pgid")
+        self.proc.wait()
+
+    def remove_cgroups(self) -> None:
+        """Kill what is left in the cgroups and delete them."""
+        self.cgroups.remove()
+        warden().release(self.token)
 
 
 @dataclass(frozen=True)
@@ -94,6 +114,9 @@ class SandboxLimits:
             can be made.
         max_processes: Processes and threads alive at once.
         max_file_mb: Largest file a process may write.
+        disk_mb: Most the sandbox's folder may hold, all files together (each entry counts its blocks
+            and 1 KB); a run that writes more is killed (checked every 0.1 s, so it may overshoot by
+            what it writes in that time, under ``max_file_mb`` per file).
         max_open_files: Open file descriptors per process.
         max_output_kb: Stdout and stderr kept each; the rest is dropped (and flagged).
         tmp_mb: Size of the private ``/tmp``.
@@ -105,6 +128,7 @@ class SandboxLimits:
     memory_mb: int = 1024
     max_processes: int = 64
     max_file_mb: int = 16
+    disk_mb: int = 64
     max_open_files: int = 256
     max_output_kb: int = 1024
     tmp_mb: int = 64
@@ -148,6 +172,7 @@ class SandboxResult:
         max_rss_kb: Peak resident memory of the main process, when known.
         isolation: Names of the isolation features that took effect (see :data:`ISOLATION_NAMES`).
         notes: Why some features did not take effect.
+        disk_exceeded: Killed because its folder held more than the disk quota (``disk_mb``).
     """
 
     returncode: int | None
@@ -160,16 +185,24 @@ class SandboxResult:
     max_rss_kb: int | None = None
     isolation: frozenset[str] = frozenset()
     notes: tuple[str, ...] = ()
+    disk_exceeded: bool = False
+
+    @property
+    def stopped(self) -> bool:
+        """Killed by a limit of the sandbox as a whole (the wall clock or the disk quota)."""
+        return self.timed_out or self.disk_exceeded
 
     @property
     def ok(self) -> bool:
-        """Finished in time with exit status 0."""
-        return not self.timed_out and self.returncode == 0
+        """Finished in time with exit status 0, within the disk quota."""
+        return not self.stopped and self.returncode == 0
 
     def failure(self) -> str | None:
         """A one-line reason why the run failed, ``None`` when it succeeded."""
         if self.ok:
             return None
+        if self.disk_exceeded:
+            return "wrote more than the sandbox's disk quota (evaluation.sandbox.disk_mb; it was killed)"
         if self.timed_out:
             return f"timed out after {self.wall_s:.1f} s (the sandbox was killed)"
         code = self.returncode
@@ -254,25 +287,7 @@ def _chown_tree(folder: Path, uid: int, gid: int) -> None:
 
 def _kill_uid(uid: int) -> None:
     """SIGKILL every process running as ``uid`` (a throwaway uid owned by one sandbox only)."""
-    for _ in range(20):
-        found = False
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/status", encoding="utf-8") as fh:
-                    for line in fh:
-                        if line.startswith("Uid:"):
-                            if int(line.split()[1]) == uid:
-                                found = True
-                                with contextlib.suppress(ProcessLookupError, PermissionError):
-                                    os.kill(int(entry.name), signal.SIGKILL)
-                            break
-            except (OSError, ValueError):
-                continue
-        if not found:
-            return
-        time.sleep(0.01)
+    kill_until_gone(lambda: uid_pids(uid), timeout=0.5)
 
 
 class SandboxSession:
@@ -296,6 +311,8 @@ class SandboxSession:
         base = sandbox.base_dir
         base.mkdir(parents=True, exist_ok=True)
         self.root = Path(tempfile.mkdtemp(prefix="cycleqd-sandbox-", dir=base))
+        # Removed by the warden should this process die before close().
+        self._token = warden().watch(folder=self.root)
         self.workdir = self.root / "work"
         self.support = self.root / "support"
         self.uid: int | None = None
@@ -312,11 +329,13 @@ class SandboxSession:
             if os.geteuid() == 0 and sandbox.drop_root:
                 span = _UID_RANGE[1] - _UID_RANGE[0]
                 self.uid = _UID_RANGE[0] + int.from_bytes(os.urandom(4), "little") % span
+                self._uid_token = warden().watch(uid=self.uid)
                 for d in (self.workdir, self.root / "home", self.root / "tmp"):
                     _chown_tree(d, self.uid, self.uid)
                     os.chmod(d, 0o755)
         except BaseException:
             remove_tree(self.root)
+            warden().release(self._token)
             raise
 
     def run(
@@ -384,7 +403,9 @@ class SandboxSession:
         self._closed = True
         if self.uid is not None:
             _kill_uid(self.uid)
+            warden().release(self._uid_token)
         remove_tree(self.root)
+        warden().release(self._token)
 
     def __enter__(self) -> SandboxSession:
         return self
@@ -637,6 +658,7 @@ class Sandbox:
             "gid": session.uid,
             "report_fd": report_w,
             "mount_api": self.mount_api,
+            "parent": os.getpid(),
         }
         if batch is not None:
             config["batch"] = dict(batch)
@@ -659,7 +681,8 @@ class Sandbox:
             cgroups.remove()
             raise
         os.close(report_w)
-        return Launched(proc=proc, report_r=report_r, cgroups=cgroups, notes=notes, start=start)
+        token = warden().watch(pgid=proc.pid, cgroups=cgroups.dirs.values())
+        return Launched(proc=proc, report_r=report_r, cgroups=cgroups, notes=notes, start=start, token=token)
 
     def _execute(
         self,
@@ -674,23 +697,14 @@ class Sandbox:
             raise ValueError("argv must name a program")
         run = self._launch(session, argv, stdin=stdin is not None, limits=limits, env=env)
         try:
-            return self._watch(
-                run.proc, run.report_r, stdin, limits, run.start, run.cgroups, session, run.notes
-            )
+            return self._watch(run, stdin, limits, session)
         finally:
-            run.cgroups.remove()
+            run.remove_cgroups()
 
     def _watch(
-        self,
-        proc: subprocess.Popen[bytes],
-        report_r: int,
-        stdin: str | bytes | None,
-        limits: SandboxLimits,
-        start: float,
-        cgroups: CgroupSet,
-        session: SandboxSession,
-        notes: list[str],
+        self, run: Launched, stdin: str | bytes | None, limits: SandboxLimits, session: SandboxSession
     ) -> SandboxResult:
+        proc, report_r, start, notes = run.proc, run.report_r, run.start, run.notes
         assert proc.stdout is not None
         assert proc.stderr is not None
         if stdin is not None:
@@ -706,7 +720,9 @@ class Sandbox:
             sel.register(fd, selectors.EVENT_READ)
         deadline = start + limits.wall_s
         exited_at: float | None = None
-        timed_out = False
+        timed_out = disk_exceeded = False
+        quota = limits.disk_mb * 1024 * 1024
+        next_quota_check = start
 
         def drain(timeout: float) -> None:
             nonlocal truncated
@@ -733,6 +749,11 @@ class Sandbox:
                 if now >= deadline:
                     timed_out = True
                     break
+                if now >= next_quota_check:
+                    if usage(session.root, stop_above=quota) > quota:
+                        disk_exceeded = True
+                        break
+                    next_quota_check = now + QUOTA_CHECK_S
                 if sel.get_map():
                     drain(min(0.05, deadline - now))
                 else:
@@ -741,12 +762,12 @@ class Sandbox:
                     exited_at = time.monotonic()
                 if exited_at is not None and (not sel.get_map() or time.monotonic() - exited_at > _GRACE_S):
                     break
+            # What it wrote since the last measurement counts too.
+            disk_exceeded = disk_exceeded or (not timed_out and usage(session.root, stop_above=quota) > quota)
         finally:
-            # The launcher is at worst a zombie here (never reaped before), so its process group id
-            # cannot have been reused: killing the group is safe.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            cgroups.kill_all()
+            run.cgroups.kill_all()
             if session.uid is not None:
                 _kill_uid(session.uid)
             end = time.monotonic()
@@ -754,7 +775,7 @@ class Sandbox:
             while sel.get_map() and time.monotonic() < grace_end:
                 drain(0.02)
             sel.close()
-            proc.wait()
+            run.reap()
             for stream in (proc.stdout, proc.stderr):
                 stream.close()
             if proc.stdin is not None:
@@ -763,7 +784,8 @@ class Sandbox:
             os.close(report_r)
 
         isolation: set[str] = set()
-        code: int | None = None if timed_out else proc.returncode
+        stopped = timed_out or disk_exceeded
+        code: int | None = None if stopped else proc.returncode
         cpu_s = rss = None
         program_exit = False
         for line in report.decode(errors="replace").splitlines():
@@ -775,12 +797,12 @@ class Sandbox:
                 if part in msg:
                     isolation.update(msg[part].get("isolation", []))
                     notes.extend(msg[part].get("notes", []))
-            if "exit" in msg and not timed_out:
+            if "exit" in msg and not stopped:
                 code = msg["exit"]["code"]
                 cpu_s = msg["exit"].get("cpu_s")
                 rss = msg["exit"].get("maxrss_kb")
                 program_exit = True
-            if "launcher_exit" in msg and not timed_out and not program_exit:
+            if "launcher_exit" in msg and not stopped and not program_exit:
                 code = msg["launcher_exit"]["code"]
         out, err = (bytes(b).decode("utf-8", errors="replace") for b in buffers.values())
         return SandboxResult(
@@ -794,6 +816,7 @@ class Sandbox:
             max_rss_kb=rss,
             isolation=frozenset(isolation),
             notes=tuple(notes),
+            disk_exceeded=disk_exceeded,
         )
 
 

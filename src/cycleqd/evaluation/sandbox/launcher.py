@@ -485,6 +485,11 @@ def _set_rlimits(limits: dict) -> None:
 def main() -> None:
     """Set up the sandbox, run the program, report, and exit with the program's status."""
     cfg = json.loads(sys.argv[1])
+    # Die with the evaluating process (its init, PID 1 of the namespace, dies with this one and takes
+    # every process there along); if it died before this line, stop now.
+    _libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), 0, 0, 0)
+    if cfg.get("parent") is not None and os.getppid() != cfg["parent"]:
+        os._exit(125)
     if cfg.get("batch"):
         global _SUPERVISOR
         # Loaded now: this folder is not part of the sandbox's root. (No bytecode written next to it.)
@@ -527,8 +532,9 @@ def main() -> None:
     pid = os.fork()
     if pid == 0:
         _child(cfg, flags, report_fd)
-    # The launcher only waits. A timeout kills the whole session; should the launcher die first, its
-    # child gets SIGKILL (PDEATHSIG) and, as PID 1 of the namespace, takes every process there along.
+    # The launcher only waits. A timeout kills the whole session; should the launcher die first (with
+    # the evaluating process, say), its child gets SIGKILL (PDEATHSIG) and, as PID 1 of the namespace,
+    # takes every process there along. What lies outside the namespace is the warden's (warden.py).
     while True:
         try:
             _, status, _ = os.wait4(pid, 0)

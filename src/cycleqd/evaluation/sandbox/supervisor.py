@@ -56,6 +56,8 @@ MAX_HEADER = 1 << 16
 MAX_TREE = 8 << 20
 #: Output still read after the program ended (what it wrote just before).
 GRACE_S = 0.2
+#: Seconds between two measurements of a program's folder against the disk quota.
+QUOTA_CHECK_S = 0.1
 #: Time allowed for the processes of a program to disappear once killed.
 REAP_S = 5.0
 #: The folders of a session (see ``SandboxSession``) and the launcher's mount point.
@@ -279,8 +281,10 @@ def _check(
             in_w = None
     truncated = False
     deadline = start + float(batch["wall_s"])
+    quota = int(batch["disk_bytes"])
+    next_quota_check = start
     result: tuple[int, Any] | None = None
-    timed_out = False
+    timed_out = disk_exceeded = False
 
     def read(fd: int) -> None:
         nonlocal truncated
@@ -305,10 +309,16 @@ def _check(
             if now >= deadline:
                 timed_out = True
                 break
+            if now >= next_quota_check:
+                if tree.usage(base, stop_above=quota) > quota:
+                    disk_exceeded = True
+                    break
+                next_quota_check = now + QUOTA_CHECK_S
             # Any child's end (the program's, or an orphan's: they come to PID 1) wakes this up, so
             # orphans are reaped at once, as by a single run's init, and hold no process slot.
             writing = [in_w] if in_w is not None else []
-            ready, writable, _ = select.select([*reading, _WAKE[0]], writing, [], deadline - now)
+            wait = min(deadline, next_quota_check) - now
+            ready, writable, _ = select.select([*reading, _WAKE[0]], writing, [], max(0.0, wait))
             for fd in ready:
                 if fd == _WAKE[0]:
                     _drain_wake()
@@ -326,6 +336,8 @@ def _check(
                     os.close(in_w)
                     in_w = None
             result = _reap(pid)
+        # What it wrote since the last measurement counts too.
+        disk_exceeded = disk_exceeded or (not timed_out and tree.usage(base, stop_above=quota) > quota)
         end = time.monotonic()
         # Whatever the program left running ends now, as when a single run's namespace ends.
         with contextlib.suppress(OSError):
@@ -353,13 +365,15 @@ def _check(
         code, usage = os.waitstatus_to_exitcode(result[0]), result[1]
     if status:
         report.header["unsettled"] = "the program could not be set up: " + status.decode(errors="replace")
+    stopped = timed_out or disk_exceeded
     report.header.update(
-        code=None if timed_out else code,
+        code=None if stopped else code,
         timed_out=timed_out,
+        disk_exceeded=disk_exceeded,
         truncated=truncated,
         wall_s=end - start,
-        cpu_s=(usage.ru_utime + usage.ru_stime) if usage is not None and not timed_out else None,
-        maxrss_kb=usage.ru_maxrss if usage is not None and not timed_out else None,
+        cpu_s=(usage.ru_utime + usage.ru_stime) if usage is not None and not stopped else None,
+        maxrss_kb=usage.ru_maxrss if usage is not None and not stopped else None,
     )
     if header.get("snapshot") and "unsettled" not in report.header:
         _snapshot(isolation, os.path.join(base, "work"), report)

@@ -108,3 +108,43 @@ def remove_tree(path: str | os.PathLike[str]) -> None:
     else:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
+
+#: What each entry (file, folder, link) counts towards a disk quota beyond its blocks, so that many
+#: empty files cannot fill a file system's inodes for free.
+ENTRY_BYTES = 1024
+
+
+def usage(folder: str | os.PathLike[str], *, stop_above: int | None = None) -> int:
+    """Bytes a folder tree takes on disk, as a disk quota counts them.
+
+    Every entry counts its allocated blocks (``st_blocks``, so a sparse file counts what it really
+    holds) plus :data:`ENTRY_BYTES`; symlinks are not followed. Folders that cannot be listed count
+    as entries only.
+
+    Args:
+        folder: The tree's root.
+        stop_above: Stop walking as soon as the total exceeds this (the answer is then only known
+            to be above it), which bounds the walk of a tree made to be slow to walk.
+
+    Returns:
+        The total in bytes.
+    """
+    total = 0
+    stack = [os.fspath(folder)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    total += st.st_blocks * 512 + ENTRY_BYTES
+                    if stat.S_ISDIR(st.st_mode):
+                        stack.append(entry.path)
+                    if stop_above is not None and total > stop_above:
+                        return total
+        except OSError:
+            continue
+    return total

@@ -309,7 +309,7 @@ class AgentTask(BuiltinTask[AgentParams, Item]):
         assert item.reference is not None
         with self.context.sandbox.session(files=item.files) as s:
             result = s.run([self.params.shell, "-c", item.reference], limits=self.limits())
-        if result.timed_out:
+        if result.stopped:
             raise ConfigError(
                 f"task {self.name}: item {item.id!r}: the reference command fails: {result.failure()}"
             )
@@ -422,7 +422,7 @@ class AgentTask(BuiltinTask[AgentParams, Item]):
 
     def _run_shell(self, episode: Episode, command: str) -> str:
         result = episode.session.run([self.params.shell, "-c", command], limits=self.limits())
-        if result.timed_out:
+        if result.stopped:
             return f"Error: {result.failure()}"
         text = (result.stdout + result.stderr).rstrip("\n")
         if result.returncode not in (0, None):

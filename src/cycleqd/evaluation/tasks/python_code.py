@@ -224,7 +224,12 @@ class PythonCodeTask(BatchedChecks, BuiltinTask[PythonCodeParams, PythonCodeItem
             if judged.passed:
                 continue
             if judged.reason is None:
-                reason = result.failure() or f"the program ended before test {index} finished"
+                reason = result.failure() or (
+                    f"the program wrote more than the output limit (evaluation.sandbox.max_output_kb), "
+                    f"which cut off the results from test {index} on"
+                    if result.output_truncated
+                    else f"the program ended before test {index} finished"
+                )
                 return failed(item, output, reason, **detail, stderr=result.stderr[-1000:])
             return failed(item, output, judged.reason, **detail)
         return passed(item, output, **detail)

@@ -216,7 +216,7 @@ class ShellTask(BatchedChecks, BuiltinTask[ShellParams, ShellItem]):
             "stdout": outcome.output[-2000:],
             "exit_status": outcome.result.returncode,
         }
-        if outcome.result.timed_out:
+        if outcome.result.stopped:
             return failed(item, output, outcome.result.failure() or "timed out", **detail)
         ref = self._refs.get((item.split, item.id))
         compare = item.compare or self.params.compare

@@ -359,7 +359,7 @@ def run_sql_batch(
 
 def _parse_answer(result: SandboxResult) -> dict[str, Any]:
     lines = [ln for ln in result.stdout.splitlines() if ln.strip()]
-    if lines and not result.timed_out and not result.output_truncated:
+    if lines and not result.stopped and not result.output_truncated:
         try:
             answer = json.loads(lines[-1])
             if isinstance(answer, dict) and "ok" in answer:

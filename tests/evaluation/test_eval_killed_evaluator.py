@@ -1,0 +1,133 @@
+"""A killed evaluator leaves nothing behind: no sandboxed process, no cgroup, no sandbox folder.
+
+The answer below loops forever and starts a sleeper that escapes its process group (``setsid``), each
+with a 60 s limit: only the evaluator enforced that limit before, so killing ``cycleqd eval`` left them
+running with none. Now the launcher dies with its parent and the warden cleans up the rest, well
+before the item's limit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hostile import processes_with
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox's clean-up is Linux's")
+
+CYCLEQD = shutil.which("cycleqd", path=str(Path(sys.executable).parent)) or "cycleqd"
+
+
+def _sandbox_cgroups() -> set[str]:
+    """The sandbox cgroups below this process's own cgroups (v1 hierarchies and v2)."""
+    found: set[str] = set()
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        roots = [Path("/sys/fs/cgroup")] if controllers == "" else []
+        roots += [Path("/sys/fs/cgroup") / c for c in controllers.split(",") if c]
+        for root in roots:
+            folder = root / path.lstrip("/")
+            if folder.is_dir():
+                found.update(str(p) for p in folder.glob("cycleqd-sandbox-*"))
+    return found
+
+
+def _wait_for(condition, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return condition()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killing_cycleqd_eval_during_a_looping_item_leaves_nothing(tmp_path: Path, sig: int) -> None:
+    marker = f"escapee-{secrets.token_hex(4)}"
+    answer = (
+        "import os, sys\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        f"    os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(300)', {marker!r}])\n"
+        "while True:\n"
+        "    pass\n"
+        "def f(x):\n"
+        "    return x + 1\n"
+    )
+    item = {"id": "inc", "prompt": "f(x) = x + 1", "tests": ["assert f(1) == 2"], "split": "test"}
+    (tmp_path / "code.jsonl").write_text(json.dumps(item) + "\n")
+    (tmp_path / "run.yaml").write_text(
+        "tasks: [{name: code, kind: python_code, data: code.jsonl}]\n"
+        "evaluation: {sandbox: {timeout_s: 60, cpu_s: 60}}\n"
+    )
+    (tmp_path / "preds.jsonl").write_text(json.dumps({"task": "code", "id": "inc", "output": answer}) + "\n")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    before = _sandbox_cgroups()
+    proc = subprocess.Popen(
+        [CYCLEQD, "eval", "--predictions", "preds.jsonl", "--config", "run.yaml"],
+        cwd=tmp_path,
+        env={**os.environ, "TMPDIR": str(temp)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert _wait_for(lambda: processes_with(marker), 60), "the answer never started its sleeper"
+        assert list(temp.glob("cycleqd-sandbox-*")), "no sandbox folder seen: the check below proves nothing"
+        during = _sandbox_cgroups() - before
+        proc.send_signal(sig)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    killed_at = time.monotonic()
+    assert _wait_for(lambda: not processes_with(marker), 10), "the sandboxed sleeper outlived the evaluator"
+    assert _wait_for(lambda: not list(temp.glob("cycleqd-sandbox-*")), 10), list(temp.iterdir())
+    assert _wait_for(lambda: not (during & _sandbox_cgroups()), 10), during & _sandbox_cgroups()
+    assert time.monotonic() - killed_at < 30, "cleaned up only at the item's limit"
+
+
+def test_the_warden_cleans_up_what_a_dead_process_held_and_nothing_it_released(tmp_path: Path) -> None:
+    marker = f"held-{secrets.token_hex(4)}"
+    program = f"""
+import os, subprocess, sys
+from cycleqd.evaluation.sandbox.warden import warden
+sleep = [sys.executable, "-c", "import time; time.sleep(300)", {marker!r}]
+quiet = dict(start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+held = subprocess.Popen(sleep + ["held"], **quiet)
+kept = subprocess.Popen(sleep + ["kept"], **quiet)
+os.mkdir({str(tmp_path / "held")!r})
+os.mkdir({str(tmp_path / "kept")!r})
+warden().watch(pgid=held.pid, folder={str(tmp_path / "held")!r})
+released = warden().watch(pgid=kept.pid, folder={str(tmp_path / "kept")!r})
+warden().release(released)
+print(warden().pid, flush=True)
+os._exit(0)  # no clean-up of its own, as if killed
+"""
+    out = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    warden_pid = int(out.stdout)
+    try:
+        assert _wait_for(lambda: not Path(f"/proc/{warden_pid}").exists(), 10), "the warden did not exit"
+        assert not (tmp_path / "held").exists()
+        assert (tmp_path / "kept").exists(), "a released folder was removed"
+        alive = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in processes_with(marker)]
+        assert len(alive) == 1, alive
+        assert alive[0].endswith(b"kept\x00"), alive
+    finally:
+        for pid in processes_with(marker):
+            os.kill(pid, signal.SIGKILL)
