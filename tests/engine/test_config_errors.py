@@ -154,3 +154,42 @@ def test_a_preset_sets_defaults_under_the_file(tmp_path: Path) -> None:
     paper = load_config(write_toy_config(tmp_path / "paper", preset="paper"))
     assert paper.crossover.std == 0.3  # examples/toy.yaml's own
     assert not paper.init.merges
+
+
+def _text_task(tmp_path: Path, lines: str) -> Path:
+    """The toy config with its first task made a text task on ``lines``, and a base that is no model."""
+    (tmp_path / "em.jsonl").write_text(lines)
+    (tmp_path / "not_a_model.txt").write_text("nope")
+
+    def edit(raw):
+        raw["tasks"][0] = {"name": "sine", "kind": "exact_match", "data": str(tmp_path / "em.jsonl")}
+        raw["models"]["base"] = str(tmp_path / "not_a_model.txt")
+
+    return _edit(write_toy_config(tmp_path, generations=2), edit)
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        (
+            "".join(
+                f'{{"id": 1, "prompt": "2+2=", "answer": "4", "split": "{split}"}}\n'
+                for split in ("validation", "select", "test")
+            ),
+            "task(s) sine need a language-model backend, but evaluation.backend is weights",
+        ),
+        ("\n\n", "em.jsonl holds no items; write one JSON object per line"),
+    ],
+    ids=["text-task-on-weights", "empty-data-file"],
+)
+def test_task_errors_come_before_any_model_is_read_and_write_nothing(
+    tmp_path: Path, lines: str, message: str
+) -> None:
+    cfg = _text_task(tmp_path, lines)
+    proc = cli("run", str(cfg), "--out", str(tmp_path / "run"), check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "not a weights file" not in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "config.yaml").exists()
+    assert not (tmp_path / "run" / "eval_cache.sqlite").exists()

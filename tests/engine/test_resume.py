@@ -169,3 +169,48 @@ def test_damaged_elite_weights_stop_the_resume_with_a_clear_error(tmp_path: Path
     assert proc.returncode == 2
     assert f"the weights of 1 elite(s) in {run / 'models'} are missing or damaged" in proc.stderr
     assert elite.name in proc.stderr
+
+
+def _can_mount_tmpfs(folder: Path) -> bool:
+    probe = subprocess.run(
+        ["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs {folder}"], capture_output=True
+    )
+    return probe.returncode == 0
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_run_with_a_message_and_resume_finishes_it_identically(
+    tmp_path: Path, reference: Path
+) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if not _can_mount_tmpfs(disk):
+        pytest.skip("cannot mount a small tmpfs here (needs root or user namespaces)")
+    cfg = write_toy_config(tmp_path, generations=GENERATIONS)
+    run = disk / "run"
+    # In a private mount namespace: a 400 KB file system that fills during evolution, then more room.
+    script = (
+        f"mount -t tmpfs -o size=400k tmpfs {disk}\n"
+        f"rc=0; {CLI} run {cfg} --out {run} --no-progress 2> {tmp_path / 'err.txt'} || rc=$?\n"
+        f"echo $rc > {tmp_path / 'rc.txt'}\n"
+        f"cp {run / 'checkpoint.json'} {tmp_path / 'stopped.json'}\n"
+        f"mount -o remount,size=20m {disk}\n"
+        f"{CLI} resume {run} --no-progress > /dev/null\n"
+        f"cp -a {run} {tmp_path / 'run'}\n"
+    )
+    subprocess.run(["unshare", "-m", "sh", "-ec", script], check=True, timeout=300)
+    err = (tmp_path / "err.txt").read_text()
+    assert (tmp_path / "rc.txt").read_text().strip() == "2", err
+    assert f"the disk is full (writing {run}" in err
+    assert f"then continue with `cycleqd resume {run}`" in err
+    assert "Traceback" not in err
+    assert not json.loads((tmp_path / "stopped.json").read_text()).get("finished"), "it did not stop early"
+    assert _final(tmp_path / "run") == _final(reference)
+    assert _metrics(tmp_path / "run") == _metrics(reference)
+
+
+def test_resume_of_a_missing_folder_says_it_does_not_exist(tmp_path: Path) -> None:
+    proc = cli("resume", str(tmp_path / "nope"), check=False)
+    assert proc.returncode == 2
+    assert f"{tmp_path / 'nope'} does not exist; give the folder of a run" in proc.stderr
+    assert not (tmp_path / "nope").exists()

@@ -44,7 +44,11 @@ KINDS = {
 PREDICTIONS = [
     {"task": "em", "id": "1", "output": "4"},
     {"task": "em", "id": "2", "output": "7"},
-    {"task": "code", "id": "inc", "output": "```python\ndef f(x):\n    return x + 1\n```"},
+    {
+        "task": "code",
+        "id": "inc",
+        "output": "```python\ndef f(x):\n    print('hello')\n    return x + 1\n```",
+    },
     {"task": "db", "id": "q", "output": "SELECT name FROM people WHERE age > 30"},
     {"task": "os", "id": "s", "output": "ls | wc -l"},
     {
@@ -107,6 +111,13 @@ def test_scores_saved_predictions_of_every_kind(project: Path, capsys, monkeypat
     assert agent["reason"] == "final answer differs: expected ['ann'], got ['bob']"
     db = next(i for i in items if i["task"] == "db")
     assert db["reason"] == "result differs: expected 2 rows [('ann',), ('bob',)], got 1 row [('ann',)]"
+    # What each check saw comes along: the program and its output.
+    code = next(i for i in items if i["task"] == "code")
+    assert code["detail"]["code"] == "def f(x):\n    print('hello')\n    return x + 1"
+    assert code["detail"]["stdout"] == "hello"
+    shell = next(i for i in items if i["task"] == "os")
+    assert shell["detail"]["stdout"] == "2"
+    assert shell["detail"]["exit_status"] == 0
 
 
 @pytest.mark.slow

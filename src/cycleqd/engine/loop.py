@@ -47,7 +47,7 @@ from cycleqd.errors import CycleQDError
 from cycleqd.evaluation.base import SPLITS
 from cycleqd.evaluation.cache import ResultCache
 from cycleqd.evaluation.evaluator import Evaluator
-from cycleqd.evaluation.spec import build_backend, build_tasks
+from cycleqd.evaluation.spec import build_backend, build_tasks, check_compatible
 from cycleqd.operators import is_mutable
 from cycleqd.operators.merge import merge_models
 from cycleqd.qd import ArchiveSet, DegenerateRangeWarning, archive_metrics, make_bin_specs, select_parents
@@ -204,6 +204,11 @@ class Engine:
             CycleQDError: If the folder holds no run.
         """
         paths = RunPaths(Path(run_dir).resolve())
+        if not paths.root.exists():
+            raise CycleQDError(
+                f"{paths.root} does not exist; give the folder of a run (`cycleqd run CONFIG --out FOLDER` "
+                "makes one, `cycleqd status FOLDER` shows it)"
+            )
         if not paths.config.is_file():
             raise CycleQDError(f"{paths.root} holds no run (no config.yaml); start one with `cycleqd run`")
         engine = cls(cfg=load_config(paths.config), paths=paths, reporter=reporter or NullReporter())
@@ -235,6 +240,7 @@ class Engine:
                 self.cfg.tasks, root=Path(self.cfg.root or "."), evaluation=self.cfg.evaluation
             )
             self._choice_split()  # a select split on some tasks only is refused before any work
+            check_compatible(self._tasks, self.cfg.evaluation.backend)
             for task in self._tasks:  # reference answers and data checks, before any long work
                 for split in SPLITS:
                     task.prepare(split)

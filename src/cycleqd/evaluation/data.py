@@ -47,7 +47,7 @@ def read_jsonl(path: Path, *, task: str) -> list[tuple[int, dict[str, Any]]]:
         Pairs of (line number, object).
 
     Raises:
-        ConfigError: When the file is missing or a line is not a JSON object.
+        ConfigError: When the file is missing, holds no items, or a line is not a JSON object.
     """
     if not path.is_file():
         raise ConfigError(f"task {task}: data file {path} does not exist; fix the path under tasks[].data")
@@ -68,6 +68,11 @@ def read_jsonl(path: Path, *, task: str) -> list[tuple[int, dict[str, Any]]]:
                     f"task {task}: {path} line {lineno} holds a {type(obj).__name__}, not an object"
                 )
             out.append((lineno, obj))
+    if not out:
+        raise ConfigError(
+            f"task {task}: data file {path} holds no items; write one JSON object per line (or remove "
+            "the task)"
+        )
     return out
 
 

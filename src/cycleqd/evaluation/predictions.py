@@ -89,7 +89,7 @@ def check_predictions(
 
 
 def write_item_results(path: str | Path, results: Mapping[str, TaskResult]) -> Path:
-    """Write one line per item: task, split, id, output (re-scorable), correct, score, reason.
+    """Write one line per item: task, split, id, output (re-scorable), correct, score, reason, detail.
 
     Args:
         path: Destination JSONL file.
@@ -115,6 +115,8 @@ def write_item_results(path: str | Path, results: Mapping[str, TaskResult]) -> P
                     "correct": item.correct,
                     "score": item.score,
                     "reason": item.reason,
+                    # What the check saw (the program, its output and error tails, exit status).
+                    "detail": {k: v for k, v in item.detail.items() if k != "turns"},
                 }
                 fh.write(json.dumps(line, default=str) + "\n")
     tmp.replace(path)

@@ -420,17 +420,18 @@ def build_backend(spec: EvaluationSpec, *, model_dir: str | Path | None) -> Back
     )
 
 
-def check_compatible(tasks: Sequence[Task], backend: Backend) -> None:
+def check_compatible(tasks: Sequence[Task], backend: Backend | str) -> None:
     """Refuse text tasks on a backend that cannot generate.
 
     Args:
         tasks: The tasks.
-        backend: The backend.
+        backend: The backend, or its name as ``evaluation.backend`` gives it (to check before any
+            model is read).
 
     Raises:
         ConfigError: Naming the tasks that need a language-model backend.
     """
-    if isinstance(backend, WeightsBackend):
+    if backend == "weights" or isinstance(backend, WeightsBackend):
         text = [t.name for t in tasks if t.needs_text]
         if text:
             raise ConfigError(

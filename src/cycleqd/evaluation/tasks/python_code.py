@@ -208,7 +208,13 @@ class PythonCodeTask(BatchedChecks, BuiltinTask[PythonCodeParams, PythonCodeItem
         Returns:
             The item's result: a pass only when every test passed.
         """
+        # What the program itself printed (the harness's records left out), when it printed anything.
+        own = "\n".join(ln for ln in result.stdout.splitlines() if not ln.startswith(token)).strip("\n")
         detail: dict[str, Any] = {"code": code}
+        if own:
+            detail["stdout"] = own[-2000:]
+        if result.stderr:
+            detail["stderr"] = result.stderr[-1000:]
         records = harness_records(result.stdout, token)
         status = next((r for r in records if "status" in r), None)
         if status is not None and status.get("status") == "syntax":
@@ -230,6 +236,6 @@ class PythonCodeTask(BatchedChecks, BuiltinTask[PythonCodeParams, PythonCodeItem
                     if result.output_truncated
                     else f"the program ended before test {index} finished"
                 )
-                return failed(item, output, reason, **detail, stderr=result.stderr[-1000:])
+                return failed(item, output, reason, **detail)
             return failed(item, output, judged.reason, **detail)
         return passed(item, output, **detail)
