@@ -7,8 +7,9 @@ Run on demand (no download: the model is a tiny random Llama with a character-le
 Three ways decode greedily the same prompts with the same model: ``generate`` one prompt at a time,
 ``generate`` on batches of ``--batch-size`` prompts (in the given order, left-padded, as a user of
 ``transformers`` would batch them), and the backend (batches of the same size, prompts sorted by length,
-finished sequences dropped from the batch). The script checks that the outputs are identical and prints
-items per second for each and the backend's speed-up over each.
+finished sequences dropped from the batch); then the backend again with ``batch_size: auto`` (batches
+sized from the model and the memory). The script checks that the outputs are identical and prints items
+per second for each and the backend's speed-up over each.
 """
 
 from __future__ import annotations
@@ -137,11 +138,15 @@ def main() -> int:
         start = time.perf_counter()
         theirs = batched(backend, prompts, args.max_new_tokens, args.batch_size)
         t_theirs = time.perf_counter() - start
+        backend.batch_size = None  # batch_size: auto (sized from the model and the memory)
+        start = time.perf_counter()
+        auto = backend.generate(prompts, max_new_tokens=args.max_new_tokens)
+        t_auto = time.perf_counter() - start
 
     status = 0
     tokens = sum(len(backend.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in ours)
     print(f"generated tokens: {tokens}")
-    for label, other in (("one at a time", single), ("batched generate", theirs)):
+    for label, other in (("one at a time", single), ("batched generate", theirs), ("batch size auto", auto)):
         mismatches = [i for i, (a, b) in enumerate(zip(ours, other, strict=True)) if a != b]
         print(f"outputs identical to {label}: {not mismatches}")
         for i in mismatches[:5]:
@@ -151,11 +156,13 @@ def main() -> int:
         ("one prompt at a time (model.generate)", t_single),
         (f"batched model.generate, batch size {args.batch_size}", t_theirs),
         (f"backend, batch size {args.batch_size}", t_ours),
+        ("backend, batch size auto", t_auto),
     ):
         print(f"{label:<46}: {len(prompts) / seconds:8.2f} items/s  ({seconds:.2f} s)")
     print(
         f"ratio (backend / one at a time): {t_single / t_ours:.2f}x   "
-        f"ratio (backend / batched generate): {t_theirs / t_ours:.2f}x"
+        f"ratio (backend / batched generate): {t_theirs / t_ours:.2f}x   "
+        f"ratio (auto / batch size {args.batch_size}): {t_ours / t_auto:.2f}x"
     )
     return status
 

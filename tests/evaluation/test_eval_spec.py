@@ -67,7 +67,7 @@ def test_unknown_fields_are_named(tmp_path: Path) -> None:
         load_eval_config(cfg)
     msg = str(exc.value)
     assert "tasks[0].parms: unknown field" in msg
-    assert "evaluation.batch_size: Input should be greater than 0" in msg
+    assert "evaluation.batch_size: must be a number of prompts greater than 0, or auto; got 0" in msg
     assert "evaluation.sandbox.timeout: unknown field" in msg
 
 

@@ -19,7 +19,7 @@ Example::
         kind: my_tasks:MyTask          # module next to the config, class built as MyTask(name=..., **params)
     evaluation:
       backend: hf
-      batch_size: 16
+      batch_size: auto           # or a number of prompts per forward pass
       max_new_tokens: 512
       sandbox: {timeout_s: 10, memory_mb: 1024}
 """
@@ -112,7 +112,8 @@ class EvaluationSpec(BaseModel):
     Attributes:
         backend: ``hf`` (Hugging Face transformers), ``weights`` (tasks compute on raw tensors) or
             ``vllm`` (optional extra, CUDA GPU only; weights loaded in place through vLLM's loader).
-        batch_size: Prompts per forward pass.
+        batch_size: Prompts per forward pass (hf backend), or ``auto``: each batch sized from the
+            model's shape, its longest sequence and the memory available.
         max_new_tokens: Default most tokens generated per answer (tasks may set their own).
         max_length: Longest prompt plus answer in tokens (default: the model's context size).
         dtype: Dtype of the resident model (``auto``: float32 on CPU, the checkpoint's on GPU).
@@ -128,7 +129,7 @@ class EvaluationSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     backend: Literal["hf", "weights", "vllm"] = "hf"
-    batch_size: int = Field(16, gt=0)
+    batch_size: int | str = "auto"
     max_new_tokens: int = Field(512, gt=0)
     max_length: int | None = Field(None, gt=0)
     dtype: str = "auto"
@@ -138,6 +139,13 @@ class EvaluationSpec(BaseModel):
     chat_template: Literal["auto", "on", "off"] = "auto"
     workers: int = Field(4, gt=0)
     sandbox: SandboxSpec = Field(default_factory=SandboxSpec)
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, value: object) -> int | str:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            return value  # type: ignore[return-value]
+        raise ValueError(f"must be a number of prompts greater than 0, or auto; got {value!r}")
 
     @field_validator("dtype")
     @classmethod
@@ -414,7 +422,7 @@ def build_backend(spec: EvaluationSpec, *, model_dir: str | Path | None) -> Back
         model_dir,
         dtype=spec.dtype,
         device=spec.device,
-        batch_size=spec.batch_size,
+        batch_size=None if spec.batch_size == "auto" else spec.batch_size,
         chat_template=spec.chat_template,
         max_length=spec.max_length,
     )

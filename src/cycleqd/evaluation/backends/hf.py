@@ -15,13 +15,14 @@ import gc
 import hashlib
 import inspect
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from cycleqd.errors import ConfigError, ModelLoadError
+from cycleqd.evaluation.backends.batching import ModelShape, auto_batch_size, batches, memory_budget
 from cycleqd.evaluation.backends.codec import PromptCodec
 from cycleqd.evaluation.backends.kvcache import roomy_cache
 from cycleqd.evaluation.backends.loading import quiet_progress
@@ -56,7 +57,8 @@ class HFBackend(Backend):
         model_dir: Folder with ``config.json``, the weights and the tokenizer files.
         dtype: Dtype of the resident model (``auto``: float32 on CPU, the checkpoint's otherwise).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        batch_size: Prompts per forward pass.
+        batch_size: Prompts per forward pass; ``None`` sizes each batch from the model's shape, the
+            batch's longest sequence and the memory available (:mod:`~.batching`).
         chat_template: ``auto`` applies the tokenizer's chat template when it has one; ``on`` requires
             one; ``off`` always uses plain text.
         max_length: Longest prompt plus answer in tokens (default: the model's context size); longer
@@ -73,7 +75,7 @@ class HFBackend(Backend):
         *,
         dtype: str | torch.dtype = "auto",
         device: str = "auto",
-        batch_size: int = 16,
+        batch_size: int | None = None,
         chat_template: str = "auto",
         max_length: int | None = None,
     ) -> None:
@@ -96,6 +98,7 @@ class HFBackend(Backend):
             raise ModelLoadError(f"cannot load the model in {self.model_dir}: {exc}") from exc
         self.model.to(self.device).eval()
         self.dtype = next(self.model.parameters()).dtype
+        self._shape = ModelShape.of(self.model.config, self.dtype)
         tok = self.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         if self.pad_id is None:
@@ -239,12 +242,25 @@ class HFBackend(Backend):
         encoded = [self._fit(self.encode(p), max_new_tokens) for p in prompts]
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         outputs: list[str] = [""] * len(encoded)
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
+        lengths = [len(e) + max_new_tokens for e in encoded]
+        for batch in self._batches(order, lengths, scoring=False):
             texts = self._generate_batch([encoded[i] for i in batch], max_new_tokens, list(stop))
             for i, text in zip(batch, texts, strict=True):
                 outputs[i] = text
         return outputs
+
+    def _batches(self, order: list[int], lengths: list[int], *, scoring: bool) -> Iterator[list[int]]:
+        """Batches of ``order`` (longest first): ``batch_size`` each, or sized to the memory."""
+        if self.batch_size is not None:
+            size = self.batch_size
+            return batches(order, lambda _i: size)
+        budget = memory_budget(self.device)
+        return batches(
+            order,
+            lambda i: auto_batch_size(
+                self._shape, lengths[i], logit_rows=lengths[i] if scoring else 1, budget=budget
+            ),
+        )
 
     def _generate_batch(self, seqs: list[list[int]], max_new_tokens: int, stop: list[str]) -> list[str]:
         dev = self.device
@@ -332,8 +348,7 @@ class HFBackend(Backend):
             seqs.append((ctx_ids + cont_ids, len(cont_ids)))
         out = [0.0] * len(seqs)
         order = sorted((i for i in range(len(seqs)) if seqs[i][1] > 0), key=lambda i: -len(seqs[i][0]))
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
+        for batch in self._batches(order, [len(s) for s, _ in seqs], scoring=True):
             width = max(len(seqs[i][0]) for i in batch) - 1
             ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
