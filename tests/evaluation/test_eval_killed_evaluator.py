@@ -53,39 +53,32 @@ def _wait_for(condition, timeout: float) -> bool:
     return condition()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_killing_cycleqd_eval_during_a_looping_item_leaves_nothing(tmp_path: Path, sig: int) -> None:
-    marker = f"escapee-{secrets.token_hex(4)}"
-    answer = (
+def _looper(marker: str) -> str:
+    """Code that starts a sleeper escaping its process group (``setsid``), then loops forever."""
+    return (
         "import os, sys\n"
         "if os.fork() == 0:\n"
         "    os.setsid()\n"
         f"    os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(300)', {marker!r}])\n"
         "while True:\n"
         "    pass\n"
-        "def f(x):\n"
-        "    return x + 1\n"
     )
-    item = {"id": "inc", "prompt": "f(x) = x + 1", "tests": ["assert f(1) == 2"], "split": "test"}
-    (tmp_path / "code.jsonl").write_text(json.dumps(item) + "\n")
-    (tmp_path / "run.yaml").write_text(
-        "tasks: [{name: code, kind: python_code, data: code.jsonl}]\n"
-        "evaluation: {sandbox: {timeout_s: 60, cpu_s: 60}}\n"
-    )
-    (tmp_path / "preds.jsonl").write_text(json.dumps({"task": "code", "id": "inc", "output": answer}) + "\n")
-    temp = tmp_path / "tmp"
+
+
+def _kill_and_check(argv: list[str], *, cwd: Path, marker: str, sig: int, startup: float = 60) -> None:
+    """Start ``argv``, wait for the sandboxed sleeper, send ``sig``, check that nothing is left."""
+    temp = cwd / "tmp"
     temp.mkdir()
     before = _sandbox_cgroups()
     proc = subprocess.Popen(
-        [CYCLEQD, "eval", "--predictions", "preds.jsonl", "--config", "run.yaml"],
-        cwd=tmp_path,
+        argv,
+        cwd=cwd,
         env={**os.environ, "TMPDIR": str(temp)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        assert _wait_for(lambda: processes_with(marker), 60), "the answer never started its sleeper"
+        assert _wait_for(lambda: processes_with(marker), startup), "the answer never started its sleeper"
         assert list(temp.glob("cycleqd-sandbox-*")), "no sandbox folder seen: the check below proves nothing"
         during = _sandbox_cgroups() - before
         proc.send_signal(sig)
@@ -99,6 +92,62 @@ def test_killing_cycleqd_eval_during_a_looping_item_leaves_nothing(tmp_path: Pat
     assert _wait_for(lambda: not list(temp.glob("cycleqd-sandbox-*")), 10), list(temp.iterdir())
     assert _wait_for(lambda: not (during & _sandbox_cgroups()), 10), during & _sandbox_cgroups()
     assert time.monotonic() - killed_at < 30, "cleaned up only at the item's limit"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killing_cycleqd_eval_during_a_looping_item_leaves_nothing(tmp_path: Path, sig: int) -> None:
+    marker = f"escapee-{secrets.token_hex(4)}"
+    answer = _looper(marker) + "def f(x):\n    return x + 1\n"
+    item = {"id": "inc", "prompt": "f(x) = x + 1", "tests": ["assert f(1) == 2"], "split": "test"}
+    (tmp_path / "code.jsonl").write_text(json.dumps(item) + "\n")
+    (tmp_path / "run.yaml").write_text(
+        "tasks: [{name: code, kind: python_code, data: code.jsonl}]\n"
+        "evaluation: {sandbox: {timeout_s: 60, cpu_s: 60}}\n"
+    )
+    (tmp_path / "preds.jsonl").write_text(json.dumps({"task": "code", "id": "inc", "output": answer}) + "\n")
+    argv = [CYCLEQD, "eval", "--predictions", "preds.jsonl", "--config", "run.yaml"]
+    _kill_and_check(argv, cwd=tmp_path, marker=marker, sig=sig)
+
+
+# A random model's one-line answer becomes a comment of a valid program, so every item reaches the
+# sandbox (a syntax error would be judged without running anything).
+PROGRAM_FROM_ANY_TEXT = {
+    "answer_prefix": "def f(x):\n    return 0  # ",
+    "extract": "raw",
+    "stop": ["\n", "\r"],
+    "max_new_tokens": 4,
+}
+
+
+@pytest.mark.slow
+def test_sigkill_of_cycleqd_run_during_a_looping_item_leaves_nothing(tmp_path: Path) -> None:
+    from cycleqd.evaluation.chartokenizer import tiny_char_llama
+
+    marker = f"escapee-{secrets.token_hex(4)}"
+    folders = {n: tiny_char_llama(tmp_path / n, seed=s) for n, s in (("base", 0), ("a", 1), ("b", 2))}
+    # Whatever the models write, the item's setup (run in the sandbox before the answer) loops.
+    rows = [
+        {"id": f"q{i}", "prompt": "f(x) = x + 1", "setup": _looper(marker), "tests": ["assert f(1) == 2"]}
+        | {"split": split}
+        for i, split in enumerate(["validation", "test"])
+    ]
+    (tmp_path / "code.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = {
+        "seed": 0,
+        "generations": 5,
+        "models": {"base": str(folders["base"]), "experts": {"a": str(folders["a"]), "b": str(folders["b"])}},
+        "tasks": [
+            {"name": t, "kind": "python_code", "data": "code.jsonl", "params": PROGRAM_FROM_ANY_TEXT}
+            for t in ("a", "b")
+        ],
+        "evaluation": {"backend": "hf", "dtype": "float32", "sandbox": {"timeout_s": 60, "cpu_s": 60}},
+        "archive": {"bins": 4},
+        "mutation": {"kind": "gaussian", "sigma": 0.05},
+    }
+    (tmp_path / "run.yaml").write_text(json.dumps(cfg))
+    argv = [CYCLEQD, "run", "run.yaml", "--out", "run", "--no-progress"]
+    _kill_and_check(argv, cwd=tmp_path, marker=marker, sig=signal.SIGKILL, startup=120)
 
 
 def test_the_warden_cleans_up_what_a_dead_process_held_and_nothing_it_released(tmp_path: Path) -> None:
