@@ -77,3 +77,23 @@ def test_a_program_that_writes_past_the_quota_and_ends_at_once_still_fails(sandb
     burst = "for i in range(6):\n    open(f'f{i}', 'wb').write(b'x' * (1 << 20))\n"
     assert sandbox.run([sandbox.python, "-I", "-c", burst]).disk_exceeded
     assert not sandbox.run([sandbox.python, "-I", "-c", SMALL]).disk_exceeded
+
+
+def test_a_python_answer_past_the_quota_fails_even_when_its_tests_pass(tmp_path: Path, data) -> None:
+    from cycleqd.evaluation.tasks import PythonCodeTask
+    from cycleqd.evaluation.tasks.common import TaskContext
+
+    ctx = TaskContext(sandbox=Sandbox(LIMITS, base_dir=tmp_path), max_new_tokens=64, workers=1)
+    items = [{"id": i, "prompt": "f(x) = x + 1", "tests": ["assert f(1) == 2"]} for i in ("a", "b", "c")]
+    honest = "def f(x):\n    return x + 1\n"
+    burst = "for i in range(6):\n    open(f'f{i}', 'wb').write(b'x' * (1 << 20))\n" + honest
+    answers = {"a": burst, "b": honest, "c": burst}
+    for check_batch in (1, 3):  # alone, and in one batch
+        task = PythonCodeTask(
+            name="code", data=data(items), context=ctx, memoize=False, check_batch=check_batch
+        )
+        got = {r.item_id: r for r in task.score_predictions(answers, split="validation").items}
+        assert got["b"].correct, (check_batch, got["b"].reason)
+        for key in ("a", "c"):
+            assert not got[key].correct, check_batch
+            assert got[key].reason.startswith("wrote more than the sandbox's disk quota"), got[key].reason

@@ -215,6 +215,8 @@ class PythonCodeTask(BatchedChecks, BuiltinTask[PythonCodeParams, PythonCodeItem
             detail["stdout"] = own[-2000:]
         if result.stderr:
             detail["stderr"] = result.stderr[-1000:]
+        if result.disk_exceeded:  # whatever the tests said: the answer broke a limit of the sandbox
+            return failed(item, output, result.failure() or "disk quota", **detail)
         records = harness_records(result.stdout, token)
         status = next((r for r in records if "status" in r), None)
         if status is not None and status.get("status") == "syntax":
