@@ -180,3 +180,40 @@ os._exit(0)  # no clean-up of its own, as if killed
     finally:
         for pid in processes_with(marker):
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_a_stopped_evaluator_does_not_set_its_program_free(tmp_path: Path) -> None:
+    """With the evaluator stopped (SIGSTOP), the launcher's own deadline ends the looping program."""
+    marker = f"escapee-{secrets.token_hex(4)}"
+    answer = _looper(marker) + "def f(x):\n    return x + 1\n"
+    item = {"id": "inc", "prompt": "f(x) = x + 1", "tests": ["assert f(1) == 2"], "split": "test"}
+    (tmp_path / "code.jsonl").write_text(json.dumps(item) + "\n")
+    (tmp_path / "run.yaml").write_text(
+        "tasks: [{name: code, kind: python_code, data: code.jsonl, params: {check_batch: 1}}]\n"
+        "evaluation: {sandbox: {timeout_s: 2, cpu_s: 60}}\n"
+    )
+    (tmp_path / "preds.jsonl").write_text(json.dumps({"task": "code", "id": "inc", "output": answer}) + "\n")
+    proc = subprocess.Popen(
+        [CYCLEQD, "eval", "--predictions", "preds.jsonl", "--config", "run.yaml", "--json"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert _wait_for(lambda: processes_with(marker), 60), "the answer never started its sleeper"
+        proc.send_signal(signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        # The wall clock (2 s) plus the launcher's margin (5 s), then the namespace goes.
+        gone = _wait_for(lambda: not processes_with(marker), 20)
+        assert gone, "the program outlived its launcher's deadline"
+        assert time.monotonic() - stopped_at > 1.0, "ended before its wall clock: the check proves nothing"
+        proc.send_signal(signal.SIGCONT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert json.loads(out)["scores"] == {"code": 0.0}

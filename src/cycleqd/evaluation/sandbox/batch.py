@@ -187,6 +187,9 @@ def execute_batch(
         env=None,
         batch=settings,
         memory_extra_mb=extra_mb,
+        # The evaluating process allows each program its wall clock plus the slack; so does the
+        # launcher, for all of them, should that process hang.
+        deadline_s=len(frames) * (limits.wall_s + SLACK_S),
     )
     try:
         watch = _BatchWatch(run, frames, limits)

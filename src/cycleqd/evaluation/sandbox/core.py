@@ -39,6 +39,9 @@ SYSTEM_BINDS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", 
 PATH = "/usr/local/bin:/usr/bin:/bin"
 _UID_RANGE = (1_800_000_000, 1_900_000_000)
 _GRACE_S = 0.2
+#: Seconds a launcher outlives its run's limits before it kills its sandbox itself (should the
+#: evaluating process, which enforces them, hang or be stopped).
+LAUNCHER_MARGIN_S = 5.0
 QUOTA_CHECK_S = 0.1
 """Seconds between two measurements of a running sandbox's folder against its disk quota."""
 
@@ -617,6 +620,7 @@ class Sandbox:
         env: Mapping[str, str] | None,
         batch: Mapping[str, object] | None = None,
         memory_extra_mb: int = 0,
+        deadline_s: float | None = None,
     ) -> Launched:
         """Start the launcher for one run (or, with ``batch``, for the batch supervisor).
 
@@ -629,6 +633,9 @@ class Sandbox:
             batch: Settings of a batch (see :mod:`~cycleqd.evaluation.sandbox.batch`).
             memory_extra_mb: Memory granted to the sandbox as a whole beyond ``limits.memory_mb`` (for
                 the batch supervisor's own buffers).
+            deadline_s: Seconds after which the launcher kills its sandbox itself (default: the wall
+                clock plus :data:`LAUNCHER_MARGIN_S`); the evaluating process kills it first unless it
+                hangs.
 
         Returns:
             The started launcher.
@@ -659,6 +666,7 @@ class Sandbox:
             "report_fd": report_w,
             "mount_api": self.mount_api,
             "parent": os.getpid(),
+            "deadline_s": (limits.wall_s if deadline_s is None else deadline_s) + LAUNCHER_MARGIN_S,
         }
         if batch is not None:
             config["batch"] = dict(batch)

@@ -490,6 +490,11 @@ def main() -> None:
     _libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(signal.SIGKILL), 0, 0, 0)
     if cfg.get("parent") is not None and os.getppid() != cfg["parent"]:
         os._exit(125)
+    # A deadline of its own: should the evaluating process hang (or be stopped) past the run's limits,
+    # the launcher kills its whole process group, itself included; its init and namespace go with it.
+    if cfg.get("deadline_s"):
+        signal.signal(signal.SIGALRM, lambda *_: os.killpg(0, signal.SIGKILL))
+        signal.alarm(max(1, int(cfg["deadline_s"] + 0.999)))
     if cfg.get("batch"):
         global _SUPERVISOR
         # Loaded now: this folder is not part of the sandbox's root. (No bytecode written next to it.)
@@ -531,6 +536,7 @@ def main() -> None:
 
     pid = os.fork()
     if pid == 0:
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)  # the deadline is the launcher's alone
         _child(cfg, flags, report_fd)
     # The launcher only waits. A timeout kills the whole session; should the launcher die first (with
     # the evaluating process, say), its child gets SIGKILL (PDEATHSIG) and, as PID 1 of the namespace,
