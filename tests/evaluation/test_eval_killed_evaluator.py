@@ -65,6 +65,19 @@ def _looper(marker: str) -> str:
     )
 
 
+def _looping_eval_project(folder: Path, marker: str, *, timeout_s: float, params: str = "{}") -> list[str]:
+    """A ``cycleqd eval --predictions`` project whose one answer loops (with a sleeper); its argv."""
+    answer = _looper(marker) + "def f(x):\n    return x + 1\n"
+    item = {"id": "inc", "prompt": "f(x) = x + 1", "tests": ["assert f(1) == 2"], "split": "test"}
+    (folder / "code.jsonl").write_text(json.dumps(item) + "\n")
+    (folder / "run.yaml").write_text(
+        f"tasks: [{{name: code, kind: python_code, data: code.jsonl, params: {params}}}]\n"
+        f"evaluation: {{sandbox: {{timeout_s: {timeout_s}, cpu_s: 60}}}}\n"
+    )
+    (folder / "preds.jsonl").write_text(json.dumps({"task": "code", "id": "inc", "output": answer}) + "\n")
+    return [CYCLEQD, "eval", "--predictions", "preds.jsonl", "--config", "run.yaml"]
+
+
 def _kill_and_check(argv: list[str], *, cwd: Path, marker: str, sig: int, startup: float = 60) -> None:
     """Start ``argv``, wait for the sandboxed sleeper, send ``sig``, check that nothing is left."""
     temp = cwd / "tmp"
@@ -98,15 +111,7 @@ def _kill_and_check(argv: list[str], *, cwd: Path, marker: str, sig: int, startu
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_killing_cycleqd_eval_during_a_looping_item_leaves_nothing(tmp_path: Path, sig: int) -> None:
     marker = f"escapee-{secrets.token_hex(4)}"
-    answer = _looper(marker) + "def f(x):\n    return x + 1\n"
-    item = {"id": "inc", "prompt": "f(x) = x + 1", "tests": ["assert f(1) == 2"], "split": "test"}
-    (tmp_path / "code.jsonl").write_text(json.dumps(item) + "\n")
-    (tmp_path / "run.yaml").write_text(
-        "tasks: [{name: code, kind: python_code, data: code.jsonl}]\n"
-        "evaluation: {sandbox: {timeout_s: 60, cpu_s: 60}}\n"
-    )
-    (tmp_path / "preds.jsonl").write_text(json.dumps({"task": "code", "id": "inc", "output": answer}) + "\n")
-    argv = [CYCLEQD, "eval", "--predictions", "preds.jsonl", "--config", "run.yaml"]
+    argv = _looping_eval_project(tmp_path, marker, timeout_s=60)
     _kill_and_check(argv, cwd=tmp_path, marker=marker, sig=sig)
 
 
@@ -186,16 +191,9 @@ os._exit(0)  # no clean-up of its own, as if killed
 def test_a_stopped_evaluator_does_not_set_its_program_free(tmp_path: Path) -> None:
     """With the evaluator stopped (SIGSTOP), the launcher's own deadline ends the looping program."""
     marker = f"escapee-{secrets.token_hex(4)}"
-    answer = _looper(marker) + "def f(x):\n    return x + 1\n"
-    item = {"id": "inc", "prompt": "f(x) = x + 1", "tests": ["assert f(1) == 2"], "split": "test"}
-    (tmp_path / "code.jsonl").write_text(json.dumps(item) + "\n")
-    (tmp_path / "run.yaml").write_text(
-        "tasks: [{name: code, kind: python_code, data: code.jsonl, params: {check_batch: 1}}]\n"
-        "evaluation: {sandbox: {timeout_s: 2, cpu_s: 60}}\n"
-    )
-    (tmp_path / "preds.jsonl").write_text(json.dumps({"task": "code", "id": "inc", "output": answer}) + "\n")
+    argv = _looping_eval_project(tmp_path, marker, timeout_s=2, params="{check_batch: 1}")
     proc = subprocess.Popen(
-        [CYCLEQD, "eval", "--predictions", "preds.jsonl", "--config", "run.yaml", "--json"],
+        [*argv, "--json"],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

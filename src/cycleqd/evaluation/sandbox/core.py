@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Literal
 
 from cycleqd.errors import CycleQDError
 from cycleqd.evaluation.sandbox.cgroup import CgroupSet, create_cgroups, kill_until_gone
-from cycleqd.evaluation.sandbox.tree import remove_tree, usage
+from cycleqd.evaluation.sandbox.tree import DiskQuota, remove_tree
 from cycleqd.evaluation.sandbox.warden import uid_pids, warden
 
 if TYPE_CHECKING:
@@ -42,8 +42,6 @@ _GRACE_S = 0.2
 #: Seconds a launcher outlives its run's limits before it kills its sandbox itself (should the
 #: evaluating process, which enforces them, hang or be stopped).
 LAUNCHER_MARGIN_S = 5.0
-QUOTA_CHECK_S = 0.1
-"""Seconds between two measurements of a running sandbox's folder against its disk quota."""
 
 #: What each isolation name in :attr:`SandboxResult.isolation` means.
 ISOLATION_NAMES: dict[str, str] = {
@@ -729,8 +727,7 @@ class Sandbox:
         deadline = start + limits.wall_s
         exited_at: float | None = None
         timed_out = disk_exceeded = False
-        quota = limits.disk_mb * 1024 * 1024
-        next_quota_check = start
+        quota = DiskQuota(session.root, limits.disk_mb * 1024 * 1024, start=start)
 
         def drain(timeout: float) -> None:
             nonlocal truncated
@@ -757,11 +754,9 @@ class Sandbox:
                 if now >= deadline:
                     timed_out = True
                     break
-                if now >= next_quota_check:
-                    if usage(session.root, stop_above=quota) > quota:
-                        disk_exceeded = True
-                        break
-                    next_quota_check = now + QUOTA_CHECK_S
+                if quota.due_and_exceeded(now):
+                    disk_exceeded = True
+                    break
                 if sel.get_map():
                     drain(min(0.05, deadline - now))
                 else:
@@ -771,7 +766,7 @@ class Sandbox:
                 if exited_at is not None and (not sel.get_map() or time.monotonic() - exited_at > _GRACE_S):
                     break
             # What it wrote since the last measurement counts too.
-            disk_exceeded = disk_exceeded or (not timed_out and usage(session.root, stop_above=quota) > quota)
+            disk_exceeded = disk_exceeded or (not timed_out and quota.exceeded())
         finally:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)

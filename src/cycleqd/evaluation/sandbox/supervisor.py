@@ -56,8 +56,6 @@ MAX_HEADER = 1 << 16
 MAX_TREE = 8 << 20
 #: Output still read after the program ended (what it wrote just before).
 GRACE_S = 0.2
-#: Seconds between two measurements of a program's folder against the disk quota.
-QUOTA_CHECK_S = 0.1
 #: Time allowed for the processes of a program to disappear once killed.
 REAP_S = 5.0
 #: The folders of a session (see ``SandboxSession``) and the launcher's mount point.
@@ -281,8 +279,7 @@ def _check(
             in_w = None
     truncated = False
     deadline = start + float(batch["wall_s"])
-    quota = int(batch["disk_bytes"])
-    next_quota_check = start
+    quota = tree.DiskQuota(base, int(batch["disk_bytes"]), start=start)
     result: tuple[int, Any] | None = None
     timed_out = disk_exceeded = False
 
@@ -309,15 +306,13 @@ def _check(
             if now >= deadline:
                 timed_out = True
                 break
-            if now >= next_quota_check:
-                if tree.usage(base, stop_above=quota) > quota:
-                    disk_exceeded = True
-                    break
-                next_quota_check = now + QUOTA_CHECK_S
+            if quota.due_and_exceeded(now):
+                disk_exceeded = True
+                break
             # Any child's end (the program's, or an orphan's: they come to PID 1) wakes this up, so
             # orphans are reaped at once, as by a single run's init, and hold no process slot.
             writing = [in_w] if in_w is not None else []
-            wait = min(deadline, next_quota_check) - now
+            wait = min(deadline, quota.next_check) - now
             ready, writable, _ = select.select([*reading, _WAKE[0]], writing, [], max(0.0, wait))
             for fd in ready:
                 if fd == _WAKE[0]:
@@ -337,7 +332,7 @@ def _check(
                     in_w = None
             result = _reap(pid)
         # What it wrote since the last measurement counts too.
-        disk_exceeded = disk_exceeded or (not timed_out and tree.usage(base, stop_above=quota) > quota)
+        disk_exceeded = disk_exceeded or (not timed_out and quota.exceeded())
         end = time.monotonic()
         # Whatever the program left running ends now, as when a single run's namespace ends.
         with contextlib.suppress(OSError):

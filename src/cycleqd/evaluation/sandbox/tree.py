@@ -1,4 +1,4 @@
-"""Folder trees a program leaves: their snapshots, and their removal.
+"""Folder trees a program leaves: their snapshots, their size against a disk quota, and their removal.
 
 The ``shell`` kind compares the folder a command leaves with the expected one. A command checked on its
 own is snapshotted by the evaluating process after its sandbox ended; a command checked in a batch is
@@ -110,6 +110,9 @@ def remove_tree(path: str | os.PathLike[str]) -> None:
             os.unlink(path)
 
 
+#: Seconds between two measurements of a running program's folder against its disk quota.
+QUOTA_CHECK_S = 0.1
+
 #: What each entry (file, folder, link) counts towards a disk quota beyond its blocks, so that many
 #: empty files cannot fill a file system's inodes for free.
 ENTRY_BYTES = 1024
@@ -148,3 +151,32 @@ def usage(folder: str | os.PathLike[str], *, stop_above: int | None = None) -> i
         except OSError:
             continue
     return total
+
+
+class DiskQuota:
+    """A running program's folder measured against a quota, at most every :data:`QUOTA_CHECK_S`.
+
+    Both the evaluating process (single runs) and the batch supervisor (each program of a batch) watch
+    their programs with it.
+
+    Args:
+        folder: The folder whose tree counts.
+        limit: Bytes it may hold (:func:`usage`).
+        start: ``time.monotonic()`` when the program started (the first measurement is due then).
+    """
+
+    def __init__(self, folder: str | os.PathLike[str], limit: int, *, start: float) -> None:
+        self.folder = folder
+        self.limit = limit
+        self.next_check = start
+
+    def exceeded(self) -> bool:
+        """Whether the folder holds more than the limit now."""
+        return usage(self.folder, stop_above=self.limit) > self.limit
+
+    def due_and_exceeded(self, now: float) -> bool:
+        """Measure when a measurement is due (then schedule the next one); whether it was over."""
+        if now < self.next_check:
+            return False
+        self.next_check = now + QUOTA_CHECK_S
+        return self.exceeded()
