@@ -258,6 +258,30 @@ class SeedMerge(_Strict):
         return self
 
 
+class DistillConfig(_Strict):
+    """A learned merge the archives start with (``engine/distill.py``).
+
+    Task arithmetic with one coefficient per expert and tensor group, fitted so that the merge
+    reproduces each expert's greedy answers to its own task's validation prompts (no labels are read).
+
+    Attributes:
+        steps: Adam steps on the coefficients.
+        lr: Adam's learning rate.
+        start: Every coefficient's first value (task arithmetic with λ = ``start``).
+        grouping: ``tensor`` (one coefficient per expert and tensor), ``layer`` (per decoder layer) or
+            ``model`` (one λ per expert).
+        batch_size: Answers per step, over all tasks (each task weighted alike).
+        max_items: Validation prompts per task used (``null``: all).
+    """
+
+    steps: int = Field(100, ge=1, le=100_000)
+    lr: float = Field(0.01, gt=0.0, le=10.0)
+    start: float = Field(0.5, ge=-10.0, le=10.0)
+    grouping: Literal["tensor", "layer", "model"] = "tensor"
+    batch_size: int = Field(96, ge=1)
+    max_items: int | None = Field(None, ge=1)
+
+
 class InitConfig(_Strict):
     """How the archives start.
 
@@ -265,9 +289,13 @@ class InitConfig(_Strict):
         merges: Merges of the experts scored like children and offered to the archives after the
             experts (beyond the paper, which starts from the experts alone), so that evolution starts
             on the plateau cheap merges reach instead of climbing to it. Each costs one evaluation.
+        distill: A learned merge offered after ``merges`` (``null``: none). It needs a language
+            model and tasks that answer each item with one generation; it costs one generation per
+            validation item of each expert, ``steps`` backward passes and one evaluation.
     """
 
     merges: list[SeedMerge] = Field(default_factory=list)
+    distill: DistillConfig | None = None
 
 
 class FinalConfig(_Strict):

@@ -188,3 +188,23 @@ def test_items_are_checked_for_the_environment(ctx, data) -> None:
         AgentTask(name="os", data=data(SQL_ITEMS[:1]), context=ctx, env="shell")
     with pytest.raises(ConfigError, match="env"):
         AgentTask(name="x", data=data(SQL_ITEMS[:1]), context=ctx, env="browser")
+
+
+def test_teacher_pairs_are_every_turn_with_the_conversation_before_it(sql_task: AgentTask) -> None:
+    backend = ScriptedBackend(
+        scripted(
+            {
+                "oldest": [op("SELECT name, age FROM people"), answer("['cy']")],
+                "Add dan": [answer("done")],
+            }
+        )
+    )
+    assert sql_task.can_teach
+    pairs = sql_task.teacher_pairs(backend, limit=2)
+    turns = [turn for _, turn in pairs]
+    assert turns == [op("SELECT name, age FROM people"), answer("done"), answer("['cy']")]
+    first, _, last = (context for context, _ in pairs)
+    assert [m["role"] for m in first] == ["system", "user"]
+    assert [m["role"] for m in last] == ["system", "user", "assistant", "user"]
+    assert last[2]["content"] == op("SELECT name, age FROM people")
+    assert "cy" in last[3]["content"]  # the environment's answer to the operation

@@ -80,3 +80,11 @@ def test_bad_answers_are_config_errors(ctx, data) -> None:
         ChoiceTask(
             name="mc", data=data([{"id": 1, "prompt": "p", "choices": ["a"], "answer": 0}]), context=ctx
         )
+
+
+def test_teacher_pairs_are_the_prompt_and_the_option_the_task_would_pick(ctx, data) -> None:
+    backend = _backend({"The sky is": "a rather unusual green", "Fire is": "hot"}, per_char=1.0)
+    norm = ChoiceTask(name="mc", data=data(ITEMS), context=ctx, normalize="length", choice_prefix=" ")
+    assert norm.can_teach
+    assert norm.teacher_pairs(backend) == [("The sky is", " a rather unusual green"), ("Fire is", " hot")]
+    assert norm.teacher_pairs(backend, limit=1) == [("The sky is", " a rather unusual green")]

@@ -34,6 +34,7 @@ from cycleqd.demo.settings import ABLATIONS, EVALUATION, DemoSettings
 from cycleqd.demo.skills import SKILLS, SkillSplits
 from cycleqd.engine.choice import Candidate, choose
 from cycleqd.engine.loop import AGGREGATE_ID, Engine, NullReporter, Reporter
+from cycleqd.engine.registry import ModelKind, ModelRecord
 from cycleqd.engine.state import RunState
 from cycleqd.errors import CycleQDError
 from cycleqd.weights import open_model
@@ -416,6 +417,22 @@ def child_evaluations(state: RunState) -> int:
     return sum(1 for r in state.registry if r.kind.stored_in_run and "validation" in r.scores)
 
 
+def origin(record: ModelRecord) -> str:
+    """Where a run's model comes from, in words: an evolved child, a seed merge (which one) or a soup.
+
+    Args:
+        record: Its registry record.
+
+    Returns:
+        For instance ``child of generation 57``, ``seed merge: distill`` or ``soup``.
+    """
+    if record.kind is ModelKind.CHILD and record.generation is not None:
+        return f"child of generation {record.generation}"
+    if record.kind is ModelKind.SEED and record.crossover:
+        return f"seed merge: {record.crossover.get('method', '?')}"
+    return record.kind.value
+
+
 def cycleqd_rows(state: RunState, *, seed: int, kind: str, name: str, run_dir: Path) -> list[Row]:
     """A finished run's recommended model (the chosen row) and its aggregate (the paper's final model).
 
@@ -450,6 +467,7 @@ def cycleqd_rows(state: RunState, *, seed: int, kind: str, name: str, run_dir: P
         params={
             "what": f"the run's recommended model ({rec.kind.value} {model_id}, chosen on {choice['split']})",
             "model_id": model_id,
+            "origin": origin(rec),
             "chosen_on": choice["split"],
         },
         chosen=True,

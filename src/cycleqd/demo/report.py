@@ -275,6 +275,7 @@ def _causes_text(rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any])
                 r["seed"],
                 r["name"],
                 r["params"].get("model_id", "-"),
+                r["params"].get("origin", "-"),
                 f"{fmt(r['validation_average'])} → {fmt(r.get('select_average'))} → {fmt(r['average'])}",
                 f"{best[0]}: {fmt(best[1])} → {fmt(best[2])}" if best else "-",
                 fmt(se),
@@ -282,7 +283,15 @@ def _causes_text(rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any])
         )
     lines.append(
         markdown_table(
-            ["seed", "run", "recommended", "val → select → test", "best by validation: val → test", "SE"],
+            [
+                "seed",
+                "run",
+                "recommended",
+                "origin",
+                "val → select → test",
+                "best by validation: val → test",
+                "SE",
+            ],
             table,
         )
     )

@@ -35,6 +35,7 @@ from cycleqd.atomic import atomic_write_text
 from cycleqd.config import RunConfig, check_model_paths, dump_config, load_config
 from cycleqd.engine.aggregate import aggregate_tensors, softmax_weights
 from cycleqd.engine.choice import Candidate, choose, mean_score, top_by_validation
+from cycleqd.engine.distill import check_distillable, distilled_merge
 from cycleqd.engine.expert_signal import NoSignalError, check_signal
 from cycleqd.engine.factory import BASE_ID, build_child_builder, expert_id, svd_caches
 from cycleqd.engine.jobs import ChildBuilder, Job, JobOutcome, validation_scores
@@ -44,6 +45,7 @@ from cycleqd.engine.runners.base import Runner
 from cycleqd.engine.soup import SOUP_KINDS, greedy_ingredients, soup_id
 from cycleqd.engine.state import RunState
 from cycleqd.errors import CycleQDError
+from cycleqd.evaluation.backends.hf import resolve_device
 from cycleqd.evaluation.base import SPLITS
 from cycleqd.evaluation.cache import ResultCache
 from cycleqd.evaluation.evaluator import Evaluator
@@ -65,7 +67,7 @@ def child_id(generation: int) -> str:
 
 
 def seed_id(index: int) -> str:
-    """Model id of the ``index``-th merge of ``init.merges``."""
+    """Model id of the ``index``-th seed merge (``init.merges`` in order, then ``init.distill``)."""
     return f"seed-{index:02d}"
 
 
@@ -241,6 +243,8 @@ class Engine:
             )
             self._choice_split()  # a select split on some tasks only is refused before any work
             check_compatible(self._tasks, self.cfg.evaluation.backend)
+            if self.cfg.init.distill is not None:
+                check_distillable(self._tasks, self.cfg.evaluation.backend)
             for task in self._tasks:  # reference answers and data checks, before any long work
                 for split in SPLITS:
                     task.prepare(split)
@@ -411,18 +415,17 @@ class Engine:
     ) -> None:
         """Score the configured merges of the experts and offer them to the archives, in config order.
 
-        Each is saved in the run folder like a child and kept only while an archive holds it.
+        The merges of ``init.merges`` come first, then the learned merge of ``init.distill``. Each is
+        saved in the run folder like a child and kept only while an archive holds it.
         """
-        merges = self.cfg.init.merges
-        if not merges:
+        merges, distill = self.cfg.init.merges, self.cfg.init.distill
+        if not merges and distill is None:
             return
         assert self._base is not None
         # No checkpoint yet: whatever an interrupted start left in models/ belongs to no run.
         _remove(self.paths.models)
-        dtype = parse_dtype(self.cfg.models.dtype)
         self.reporter.phase("scoring the seed merges", total=len(merges))
         for index, spec in enumerate(merges):
-            model_id = seed_id(index)
             weights = dict(
                 merge_models(
                     self._base,
@@ -430,32 +433,75 @@ class Engine:
                     method=spec.method,
                     parameters=spec.params,
                     seed=derive_seed(self.cfg.seed, "seed-merge", index),
-                    out_dtype=dtype,
+                    out_dtype=parse_dtype(self.cfg.models.dtype),
                 )
             )
-            fingerprint = fingerprint_tensors(weights)
-            scores = self._scores(weights, fingerprint, "validation")
-            record = ModelRecord(
-                id=model_id,
-                kind=ModelKind.SEED,
-                status=ModelStatus.REJECTED,
-                fingerprint=fingerprint,
-                parents=[expert_id(t) for t in self.cfg.task_names],
-                crossover={"method": spec.method, "params": dict(spec.params)},
-                scores={"validation": scores},
+            self._offer_seed(
+                archives,
+                registry,
+                seed_id(index),
+                weights,
+                {"method": spec.method, "params": dict(spec.params)},
             )
-            added = archives.add(model_id, scores)
-            for released in added.released:
-                registry[released].status = ModelStatus.RELEASED
-                if registry[released].kind.stored_in_run:
-                    registry[released].path = None
-                    _remove(self.paths.model_dir(released))
-            if archives.refcount(model_id) > 0:
-                record.status = ModelStatus.ELITE
-                save_model(weights, self.paths.model_dir(model_id), template=self._base, dtype=dtype)
-                record.path = str(self.paths.model_dir(model_id).relative_to(self.paths.root))
-            registry.add(record)
             self.reporter.advance()
+        if distill is not None:
+            self.reporter.phase("learning the distilled merge", total=distill.steps)
+            weights, record = distilled_merge(
+                self._base,
+                [experts[t] for t in self.cfg.task_names],
+                tasks=[self.evaluator.tasks[t] for t in self.cfg.task_names],
+                backend=self.evaluator.backend,
+                spec=distill,
+                seed=derive_seed(self.cfg.seed, "distill"),
+                device=resolve_device(self.cfg.evaluation.device),
+                progress=lambda _step, loss: self.reporter.advance({"loss": round(loss, 4)}),
+            )
+            atomic_write_text(self.paths.distill, json.dumps(record, indent=1) + "\n")
+            dtype = parse_dtype(self.cfg.models.dtype)
+            weights = {
+                n: t.to(dtype) if dtype is not None and t.is_floating_point() else t
+                for n, t in weights.items()
+            }
+            self._offer_seed(
+                archives,
+                registry,
+                seed_id(len(merges)),
+                weights,
+                {"method": "distill", "params": distill.model_dump()},
+            )
+
+    def _offer_seed(
+        self,
+        archives: ArchiveSet,
+        registry: ModelRegistry,
+        model_id: str,
+        weights: Mapping[str, torch.Tensor],
+        crossover: dict[str, Any],
+    ) -> None:
+        """Score a seed merge on validation, offer it to the archives, save it while one holds it."""
+        fingerprint = fingerprint_tensors(weights)
+        scores = self._scores(weights, fingerprint, "validation")
+        record = ModelRecord(
+            id=model_id,
+            kind=ModelKind.SEED,
+            status=ModelStatus.REJECTED,
+            fingerprint=fingerprint,
+            parents=[expert_id(t) for t in self.cfg.task_names],
+            crossover=crossover,
+            scores={"validation": scores},
+        )
+        added = archives.add(model_id, scores)
+        for released in added.released:
+            registry[released].status = ModelStatus.RELEASED
+            if registry[released].kind.stored_in_run:
+                registry[released].path = None
+                _remove(self.paths.model_dir(released))
+        if archives.refcount(model_id) > 0:
+            record.status = ModelStatus.ELITE
+            dtype = parse_dtype(self.cfg.models.dtype)
+            save_model(weights, self.paths.model_dir(model_id), template=self._base, dtype=dtype)
+            record.path = str(self.paths.model_dir(model_id).relative_to(self.paths.root))
+        registry.add(record)
 
     def _slots(self) -> int:
         return self.cfg.runner.workers if self.cfg.runner.kind == "ray" else 1

@@ -57,6 +57,11 @@ class RunPaths:
         return self.root / "choice.json"
 
     @property
+    def distill(self) -> Path:
+        """The learned merge's record (``init.distill``): settings, groups, coefficients, losses."""
+        return self.root / "distill.json"
+
+    @property
     def svd(self) -> Path:
         """Default cache of the experts' SVDs."""
         return self.root / "svd"

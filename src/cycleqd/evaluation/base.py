@@ -218,6 +218,37 @@ class Task(ABC):
         """
         raise NotImplementedError(f"task {self.name} ({type(self).__name__}) cannot score saved predictions")
 
+    @property
+    def can_teach(self) -> bool:
+        """Whether :meth:`teacher_pairs` is implemented (what ``init.distill`` needs of every task)."""
+        return type(self).teacher_pairs is not Task.teacher_pairs
+
+    def teacher_pairs(
+        self, backend: Backend, *, split: str = "validation", limit: int | None = None
+    ) -> list[tuple[Prompt, str]]:
+        """What the backend's model replies in each context it meets on a split's items.
+
+        A learned merge (``init.distill``) is trained to reproduce each expert's replies on its own
+        task: every (context, reply) pair here is one target, the context conditioning, the reply
+        scored. One-answer kinds give (prompt, answer); agents give every turn with the conversation
+        before it; multiple choice gives the prompt and the option the model prefers.
+
+        Args:
+            backend: The backend holding the teacher.
+            split: The split whose items are played.
+            limit: Use the split's first ``limit`` items only (``None``: all).
+
+        Returns:
+            (context, reply) pairs, in item order.
+
+        Raises:
+            NotImplementedError: When the task cannot say what its model replies (see :attr:`can_teach`).
+        """
+        raise NotImplementedError(
+            f"task {self.name} ({type(self).__name__}) does not implement teacher_pairs, "
+            "which init.distill needs"
+        )
+
     @abstractmethod
     def evaluate(self, backend: Backend, *, split: str) -> TaskResult:
         """Score the backend's current model.

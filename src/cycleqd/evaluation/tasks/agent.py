@@ -42,7 +42,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from cycleqd.errors import ConfigError
-from cycleqd.evaluation.base import Backend, ItemResult, Message
+from cycleqd.evaluation.base import Backend, ItemResult, Message, Prompt
 from cycleqd.evaluation.sandbox import SandboxSession
 from cycleqd.evaluation.tasks.common import (
     BuiltinTask,
@@ -329,6 +329,22 @@ class AgentTask(BuiltinTask[AgentParams, Item]):
             )
 
         return self._play(items, policy)
+
+    def teacher_pairs(  # noqa: D102 - every turn, with the conversation before it
+        self, backend: Backend, *, split: str = "validation", limit: int | None = None
+    ) -> list[tuple[Prompt, str]]:
+        items = self._require_items(split)[:limit]
+        self.prepare(split)
+        pairs: list[tuple[Prompt, str]] = []
+
+        def policy(episodes: list[Episode]) -> list[str | None]:
+            contexts = [list(e.messages) for e in episodes]
+            turns = backend.generate(contexts, max_new_tokens=self.max_new_tokens(), stop=self.stop())
+            pairs.extend(zip(contexts, turns, strict=True))
+            return list(turns)
+
+        self._play(items, policy)
+        return pairs
 
     def replay(self, items: list[Any], predictions: Mapping[str, Any]) -> list[ItemResult]:  # noqa: D102
         def policy(episodes: list[Episode]) -> list[str | None]:

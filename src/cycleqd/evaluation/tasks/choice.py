@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from cycleqd.evaluation.base import Backend, ItemResult
+from cycleqd.evaluation.base import Backend, ItemResult, Prompt
 from cycleqd.evaluation.tasks.common import BuiltinTask, Item, Params, failed, passed
 
 
@@ -60,18 +60,34 @@ class ChoiceTask(BuiltinTask[ChoiceParams, ChoiceItem]):
     default_template = "{prompt}"
 
     def run(self, backend: Backend, items: list[ChoiceItem]) -> list[ItemResult]:  # noqa: D102
+        return [
+            self._judge_scores(item, s)
+            for item, s in zip(items, self._loglikelihoods(backend, items), strict=True)
+        ]
+
+    def _loglikelihoods(self, backend: Backend, items: list[ChoiceItem]) -> list[list[float]]:
+        """Each item's options' log-likelihoods, in one batch of requests."""
         requests = []
         for item in items:
             prompt = self.prompt(item)
             requests.extend((prompt, self.params.choice_prefix + c) for c in item.choices)
         lls = backend.loglikelihood(requests)
-        results = []
-        pos = 0
+        out, pos = [], 0
         for item in items:
-            scores = lls[pos : pos + len(item.choices)]
+            out.append(lls[pos : pos + len(item.choices)])
             pos += len(item.choices)
-            results.append(self._judge_scores(item, scores))
-        return results
+        return out
+
+    def teacher_pairs(  # noqa: D102 - the prompt and the option the model picks (by the task's rule)
+        self, backend: Backend, *, split: str = "validation", limit: int | None = None
+    ) -> list[tuple[Prompt, str]]:
+        items = self._require_items(split)[:limit]
+        pairs = []
+        for item, lls in zip(items, self._loglikelihoods(backend, items), strict=True):
+            picked = self._judge_scores(item, lls).output  # None when the model gave NaN
+            if picked is not None:
+                pairs.append((self.prompt(item), self.params.choice_prefix + picked))
+        return pairs
 
     def _judge_scores(self, item: ChoiceItem, lls: list[float]) -> ItemResult:
         if any(math.isnan(x) for x in lls):

@@ -331,6 +331,19 @@ class BuiltinTask(Task, Generic[P, I]):
             [self.prompt(i) for i in items], max_new_tokens=self.max_new_tokens(), stop=self.stop()
         )
 
+    @property
+    def can_teach(self) -> bool:  # noqa: D102 - one-answer kinds, and kinds with their own pairs
+        return type(self).run is BuiltinTask.run or type(self).teacher_pairs is not BuiltinTask.teacher_pairs
+
+    def teacher_pairs(  # noqa: D102 - the default: one generation per item
+        self, backend: Backend, *, split: str = "validation", limit: int | None = None
+    ) -> list[tuple[Prompt, str]]:
+        if not self.can_teach:
+            return super().teacher_pairs(backend, split=split, limit=limit)
+        items = self._require_items(split)[:limit]
+        self.prepare(split)
+        return list(zip([self.prompt(i) for i in items], self.generate(backend, items), strict=True))
+
     def score_predictions(self, predictions: Mapping[str, Any], *, split: str) -> TaskResult:  # noqa: D102
         items = self._require_items(split)
         self.prepare(split)
