@@ -272,6 +272,9 @@ class DistillConfig(_Strict):
             ``model`` (one λ per expert).
         batch_size: Answers per step, over all tasks (each task weighted alike).
         max_items: Validation prompts per task used (``null``: all).
+        optional: When the run cannot learn the merge (a backend without a language model, a task
+            without ``teacher_pairs``, less free memory than the fit needs), skip it with a note in
+            the log and ``distill.json`` instead of refusing the run. The ``offplane`` preset sets it.
     """
 
     steps: int = Field(100, ge=1, le=100_000)
@@ -280,6 +283,7 @@ class DistillConfig(_Strict):
     grouping: Literal["tensor", "layer", "model"] = "tensor"
     batch_size: int = Field(96, ge=1)
     max_items: int | None = Field(None, ge=1)
+    optional: bool = False
 
 
 class InitConfig(_Strict):

@@ -42,7 +42,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                 {"method": "task_arithmetic", "params": {"lambda": 0.3}},
                 {"method": "task_arithmetic", "params": {"lambda": 0.5}},
                 {"method": "task_arithmetic", "params": {"lambda": 0.7}},
-            ]
+            ],
+            "distill": {"optional": True},
         },
         "crossover": {"mean": 1.0, "std": 0.1, "per_layer": True, "layer_std": 0.1, "scale_std": 0.1},
     },

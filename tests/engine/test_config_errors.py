@@ -150,10 +150,20 @@ def test_a_preset_sets_defaults_under_the_file(tmp_path: Path) -> None:
         "task_arithmetic",
         "task_arithmetic",
     ]
+    assert cfg.init.distill is not None
+    assert cfg.init.distill.optional
+    assert cfg.init.distill.steps == 100
     (tmp_path / "paper").mkdir()
     paper = load_config(write_toy_config(tmp_path / "paper", preset="paper"))
     assert paper.crossover.std == 0.3  # examples/toy.yaml's own
     assert not paper.init.merges
+    assert paper.init.distill is None
+    (tmp_path / "own").mkdir()  # a field of the preset's distill section given by the file
+    own = load_config(write_toy_config(tmp_path / "own", preset="offplane", init={"distill": {"steps": 7}}))
+    assert own.init.distill is not None
+    assert own.init.distill.steps == 7
+    assert own.init.distill.optional
+    assert len(own.init.merges) == 4
 
 
 def _text_task(tmp_path: Path, lines: str) -> Path:

@@ -31,6 +31,9 @@ EVALUATION: dict[str, Any] = {
     "sandbox": {"timeout_s": 10.0, "cpu_s": 5.0, "memory_mb": 512},
 }
 
+#: Optimiser steps of a learned seed merge in the quick demo (a preset's default would dominate it).
+QUICK_DISTILL_STEPS = 4
+
 
 @dataclass(frozen=True)
 class DemoSettings:
@@ -75,6 +78,8 @@ class DemoSettings:
         }
         if self.quick:  # its models are trained for seconds and may answer nothing right
             sections["stop_without_signal"] = False
+            if PRESETS[preset].get("init", {}).get("distill") is not None:
+                sections["init"] = {"distill": {"steps": QUICK_DISTILL_STEPS}}
         return sections
 
     @classmethod

@@ -5,7 +5,7 @@ The merge is task arithmetic with one coefficient per expert and tensor group,
     θ(λ)_n = θ0_n + Σ_k λ_{k, g(n)} τ_{k, n},
 
 where ``g(n)`` is the group of tensor ``n`` (the tensor itself, its decoder layer, or the whole model).
-Only λ is trained (K × G numbers, about a hundred for a small model), by Adam on a sequence-level
+Only λ is trained (K × G numbers: K per tensor of the model by default), by Adam on a sequence-level
 distillation loss (Kim & Rush, 2016): for every task ``k``, expert ``k``'s own greedy answers to the
 validation prompts of task ``k`` are the targets, and the loss is the mean over tasks of the mean token
 cross-entropy of θ(λ) on them. No labels are read: the experts are the teachers, each on the inputs of
@@ -17,8 +17,11 @@ analogue for generated text. Per-group coefficients give the freedom that one λ
 lies off the plane of coefficient vectors summing to one where the paper's crossover keeps children.
 It is offered to the archives like the cheap seed merges of ``init.merges`` and scored like any child.
 
-Memory: the base, K task vectors and one merged copy in fp32, plus one backward pass; meant for the
-small models a laptop runs, not for 8B experts on one GPU.
+Memory: the base, K task vectors, the merge, its gradient and the model in fp32, plus one backward
+pass (:func:`memory_needed`): fine for the small models a laptop runs, about 225 GB for three 8B
+experts.
+A run checks it against the free memory before any work and refuses, or with ``optional`` skips the
+merge and says why (:func:`distill_obstacle`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from cycleqd.errors import ConfigError, CycleQDError
+from cycleqd.errors import CycleQDError
+from cycleqd.evaluation.backends.batching import available_memory
 from cycleqd.weights import ModelSource, fingerprint_tensors
 
 if TYPE_CHECKING:
@@ -79,8 +83,8 @@ class Example:
 
     Attributes:
         prompt: Token ids of the prompt (the model conditions on them; no loss).
-        answer: Token ids of the expert's answer, end-of-sequence token included when the answer ended
-            with one (the loss is on these).
+        answer: Token ids of the expert's answer and the end token (the loss is on these; a reply
+            cut at the length limit also gets it, so the merge learns to stop there too).
     """
 
     prompt: tuple[int, ...]
@@ -162,6 +166,39 @@ def answer_loss(
     )
 
 
+def targets_loss(
+    model: torch.nn.Module,
+    weights: Mapping[str, torch.Tensor],
+    examples: Sequence[Sequence[Example]],
+    *,
+    pad_id: int,
+    batch_size: int,
+) -> float:
+    """The fit's objective on every example: the mean over tasks of each task's mean token cross-entropy.
+
+    Args:
+        model: The architecture (as for :func:`answer_loss`).
+        weights: The tensors to run it with.
+        examples: For each task, its examples.
+        pad_id: Padding token id.
+        batch_size: Examples per forward pass.
+
+    Returns:
+        The loss (no gradient).
+    """
+    per_task = []
+    with torch.no_grad():
+        for task_examples in examples:
+            total = tokens = 0.0
+            for start in range(0, len(task_examples), batch_size):
+                chunk = task_examples[start : start + batch_size]
+                n = sum(len(e.answer) for e in chunk)
+                total += float(answer_loss(model, weights, chunk, pad_id=pad_id)) * n
+                tokens += n
+            per_task.append(total / tokens)
+    return sum(per_task) / len(per_task)
+
+
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -239,29 +276,135 @@ def learn_coefficients(
     return coefficients.detach(), losses
 
 
-def check_distillable(tasks: Sequence[Task], backend_kind: str) -> None:
-    """Refuse ``init.distill`` before any work when there is nothing to distill.
+def memory_needed(base: ModelSource, *, experts: int) -> int:
+    """Bytes the fit holds besides activations and the evaluation backend's model.
+
+    Args:
+        base: The base model (shapes are read from its file headers).
+        experts: K.
+
+    Returns:
+        ``4 × (K + 4) ×`` the floating-point parameters of the base: θ0, the K task vectors, the
+        merge, its gradient and the architecture's own copy, all in fp32.
+    """
+    floats = sum(base.numel(n) for n in base if base.dtype(n).is_floating_point)
+    return 4 * (experts + 4) * floats
+
+
+def distill_obstacle(
+    tasks: Sequence[Task], *, backend_kind: str, base: ModelSource, experts: int, available: int
+) -> str | None:
+    """Why ``init.distill`` cannot run in this run, or ``None`` when it can.
 
     Args:
         tasks: The run's tasks.
         backend_kind: ``evaluation.backend``.
+        base: The base model.
+        experts: Number of experts.
+        available: Bytes free on the device the coefficients are fitted on.
 
-    Raises:
-        ConfigError: For a backend without a language model, or a task that cannot say what its
-            expert replies (:attr:`~cycleqd.evaluation.base.Task.can_teach`).
+    Returns:
+        The reason, or ``None``: a backend without a language model, a task that cannot say what
+        its expert replies (:attr:`~cycleqd.evaluation.base.Task.can_teach`), or less free memory
+        than :func:`memory_needed` with a quarter more for activations.
     """
-    off = "set init: {distill: null} (the offplane preset sets it)"
     if backend_kind not in ("hf", "vllm"):
-        raise ConfigError(
-            f"init.distill learns a merge from the experts' generated replies, but evaluation.backend "
-            f"is {backend_kind}; use the hf or vllm backend, or {off}"
+        return (
+            f"it learns a merge from the experts' generated replies, but evaluation.backend is "
+            f"{backend_kind}; use the hf or vllm backend"
         )
     for task in tasks:
         if not task.can_teach:
-            raise ConfigError(
-                f"init.distill: task {task.name} ({type(task).__name__}) cannot say what its expert replies "
-                f"(it has no teacher_pairs); give its class a teacher_pairs method, or {off}"
+            return (
+                f"task {task.name} ({type(task).__name__}) cannot say what its expert replies (it has "
+                "no teacher_pairs); give its class a teacher_pairs method"
             )
+    need = memory_needed(base, experts=experts) * 5 // 4
+    if need > available:
+        return (
+            f"the fit needs about {need / 2**30:.1f} GiB (the base, {experts} task vectors, the merge, "
+            f"its gradient and the model in fp32) and {available / 2**30:.1f} GiB are free; "
+            "use a device with more memory"
+        )
+    return None
+
+
+class DistillError(CycleQDError):
+    """The learned merge cannot be made here (an ``optional`` one is then skipped)."""
+
+
+def _architecture(
+    base: ModelSource, *, grouping: str
+) -> tuple[torch.nn.Module, list[str], list[int], list[str]]:
+    """The base's architecture in fp32 on CPU, its floating-point tensor names and their groups.
+
+    A tensor the checkpoint stores once for two parameters (a head tied to the embeddings) is
+    grouped under the name the checkpoint uses.
+
+    Raises:
+        DistillError: If the model has parameters the checkpoint does not name.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from cycleqd.evaluation.backends.loading import quiet_progress
+
+    names = [n for n in base if base.dtype(n).is_floating_point]
+    with quiet_progress():
+        model = AutoModelForCausalLM.from_pretrained(str(base.path), dtype=torch.float32)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = dict(model.named_parameters())
+    twin = {
+        n: next(p for p, t in params.items() if t is value)
+        for n, value in model.state_dict(keep_vars=True).items()
+        if n not in params and any(t is value for t in params.values())
+    }
+    missing = sorted(set(params) - set(names))
+    if missing:
+        raise DistillError(
+            f"init.distill: the model in {base.path} has parameters its checkpoint does not name "
+            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); drop init.distill"
+        )
+    keys = group_keys([twin.get(n, n) for n in names], grouping=grouping)
+    order = list(dict.fromkeys(keys))
+    return model, names, [order.index(k) for k in keys], order
+
+
+def _eos_id(codec: Any) -> int | None:
+    """The token that ends a reply: the tokenizer's own end token when it is one the backend stops at."""
+    own = codec.tokenizer.eos_token_id
+    if own is not None and own in codec.eos_ids:
+        return int(own)
+    return min(codec.eos_ids, default=None)
+
+
+def _targets(task: Task, expert: ModelSource, *, backend: Backend, limit: int | None) -> list[Example]:
+    """The expert's replies on its task's validation items, as examples.
+
+    Each answer ends with the end token (an empty reply teaches stopping where the expert stopped);
+    without an end token, empty replies are dropped. Prompts are cut from the left as the backend
+    cuts them to leave room for the reply.
+
+    Raises:
+        DistillError: When no example is left.
+    """
+    codec = backend.codec  # type: ignore[attr-defined] - hf and vllm backends have one
+    eos = _eos_id(codec)
+    weights = {n: expert.get(n) for n in expert}
+    backend.load(weights, fingerprint=fingerprint_tensors(weights))
+    pairs = task.teacher_pairs(backend, split="validation", limit=limit)
+    examples = []
+    for context, reply in pairs:
+        answer = tuple(codec.continuation_ids(reply)) + ((eos,) if eos is not None else ())
+        if answer:
+            examples.append(Example(tuple(codec.fit(codec.encode(context), len(answer))), answer))
+    if not examples:
+        raise DistillError(
+            f"init.distill: the expert of task {task.name} replied nothing on its {len(pairs)} "
+            "validation prompt(s); there is nothing to distill"
+        )
+    return examples
 
 
 def distilled_merge(
@@ -280,7 +423,7 @@ def distilled_merge(
     Args:
         base: The base model (a Hugging Face folder: the architecture is loaded from it).
         experts: The experts, in the order of ``tasks`` (expert ``k`` answers task ``k``).
-        tasks: The tasks, each answering an item with one generation (see :func:`check_distillable`).
+        tasks: The tasks, each answering an item with one generation (see :func:`distill_obstacle`).
         backend: The evaluation backend; each expert is loaded into it to answer its task's prompts.
         spec: The ``init.distill`` settings.
         seed: Seed of the draws of examples.
@@ -289,47 +432,26 @@ def distilled_merge(
 
     Returns:
         The merged weights (fp32; floating-point tensors merged, others copied from the base) and a
-        JSON-ready record: the settings, the groups, λ per expert and group, the first and last losses.
+        JSON-ready record: the settings, the groups, λ per expert and group, the objective on all
+        targets at the start and the end, and the first and last steps' losses.
     """
-    from transformers import AutoModelForCausalLM
-
-    from cycleqd.evaluation.backends.loading import quiet_progress
-
-    codec = backend.codec  # type: ignore[attr-defined] - hf and vllm backends have one
-    eos = sorted(codec.eos_ids)[:1]
-    names = [n for n in base if base.get(n).is_floating_point()]
+    model, names, groups, order = _architecture(base, grouping=spec.grouping)
+    examples = [
+        _targets(task, expert, backend=backend, limit=spec.max_items)
+        for task, expert in zip(tasks, experts, strict=True)
+    ]
+    if device.type == "cuda":  # the evaluation backend now holds its share of the device
+        need, free = memory_needed(base, experts=len(experts)), available_memory(device)
+        if need > free:
+            raise DistillError(
+                f"init.distill: the fit needs about {need / 2**30:.1f} GiB on {device} and "
+                f"{free / 2**30:.1f} GiB are free beside the evaluation backend"
+            )
     theta0 = {n: base.get(n).to(device, torch.float32) for n in names}
     task_vectors = [{n: e.get(n).to(device, torch.float32) - theta0[n] for n in names} for e in experts]
-    examples = []
-    for task, expert in zip(tasks, experts, strict=True):
-        weights = {n: expert.get(n) for n in expert}
-        backend.load(weights, fingerprint=fingerprint_tensors(weights))
-        pairs = task.teacher_pairs(backend, split="validation", limit=spec.max_items)
-        examples.append(
-            [Example(tuple(codec.encode(c)), tuple(codec.continuation_ids(r)) + tuple(eos)) for c, r in pairs]
-        )
-    with quiet_progress():
-        model = AutoModelForCausalLM.from_pretrained(str(base.path), dtype=torch.float32)
-    model.to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    # A tensor the checkpoint stores twice (a head tied to the embeddings) shares its twin's group.
-    params = dict(model.named_parameters())
-    twin = {
-        n: next(p for p, t in params.items() if t is value)
-        for n, value in model.state_dict(keep_vars=True).items()
-        if n not in params and any(t is value for t in params.values())
-    }
-    missing = sorted(set(params) - set(names))
-    if missing:
-        raise CycleQDError(
-            f"init.distill: the model in {base.path} has parameters its checkpoint does not name "
-            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); drop init.distill"
-        )
-    keys = group_keys([twin.get(n, n) for n in names], grouping=spec.grouping)
-    order = list(dict.fromkeys(keys))
-    groups = [order.index(k) for k in keys]
-    pad = codec.tokenizer.pad_token_id
+    model.to(device)
+    pad, eos = backend.codec.tokenizer.pad_token_id, _eos_id(backend.codec)  # type: ignore[attr-defined]
+    pad_id = pad if pad is not None else (eos if eos is not None else 0)
     coefficients, losses = learn_coefficients(
         model,
         base=theta0,
@@ -341,14 +463,22 @@ def distilled_merge(
         start=spec.start,
         batch_size=spec.batch_size,
         seed=seed,
-        pad_id=pad if pad is not None else (eos[0] if eos else 0),
+        pad_id=pad_id,
         progress=progress,
     )
-    del model
     with torch.no_grad():
         merged = merged_tensors(theta0, task_vectors, coefficients, groups=groups)
+        start = merged_tensors(theta0, task_vectors, torch.full_like(coefficients, spec.start), groups=groups)
+        objective = [
+            targets_loss(model, w, examples, pad_id=pad_id, batch_size=spec.batch_size)
+            for w in (start, merged)
+        ]
+    del model, start
     out = {n: base.get(n) for n in base}
     out.update({n: t.cpu() for n, t in merged.items()})
+    del merged, theta0, task_vectors
+    if device.type == "cuda":  # give the cached blocks back before the backend sizes its batches
+        torch.cuda.empty_cache()
     record = {
         "settings": spec.model_dump(),
         "examples": [len(ex) for ex in examples],
@@ -356,6 +486,7 @@ def distilled_merge(
         "coefficients": {
             t.name: [round(float(c), 6) for c in row] for t, row in zip(tasks, coefficients, strict=True)
         },
-        "loss": {"first": losses[0], "last": losses[-1]},
+        # On every target at the start and at the end, and on the first and last steps' batches.
+        "loss": {"start": objective[0], "end": objective[1], "first": losses[0], "last": losses[-1]},
     }
     return out, record

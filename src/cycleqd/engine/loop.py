@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from cycleqd.atomic import atomic_write_text
-from cycleqd.config import RunConfig, check_model_paths, dump_config, load_config
+from cycleqd.config import DistillConfig, RunConfig, check_model_paths, dump_config, load_config
 from cycleqd.engine.aggregate import aggregate_tensors, softmax_weights
 from cycleqd.engine.choice import Candidate, choose, mean_score, top_by_validation
-from cycleqd.engine.distill import check_distillable, distilled_merge
+from cycleqd.engine.distill import DistillError, distill_obstacle, distilled_merge
 from cycleqd.engine.expert_signal import NoSignalError, check_signal
 from cycleqd.engine.factory import BASE_ID, build_child_builder, expert_id, svd_caches
 from cycleqd.engine.jobs import ChildBuilder, Job, JobOutcome, validation_scores
@@ -44,7 +44,8 @@ from cycleqd.engine.registry import ModelKind, ModelRecord, ModelRegistry, Model
 from cycleqd.engine.runners.base import Runner
 from cycleqd.engine.soup import SOUP_KINDS, greedy_ingredients, soup_id
 from cycleqd.engine.state import RunState
-from cycleqd.errors import CycleQDError
+from cycleqd.errors import ConfigError, CycleQDError
+from cycleqd.evaluation.backends.batching import available_memory
 from cycleqd.evaluation.backends.hf import resolve_device
 from cycleqd.evaluation.base import SPLITS
 from cycleqd.evaluation.cache import ResultCache
@@ -151,6 +152,7 @@ class Engine:
     reporter: Reporter = field(default_factory=NullReporter)
     _evaluator: Evaluator | None = field(default=None, init=False, repr=False)
     _tasks: list[Any] = field(default_factory=list, init=False, repr=False)
+    _distill_skipped: str | None = field(default=None, init=False, repr=False)  # why init.distill is not run
     _base: ModelSource | None = field(default=None, init=False, repr=False)
     # "new": create() made it (config.yaml written once the run holds the lock and its checks
     # pass); "changed": open() changed the config (rewritten at the same point); None: as on disk.
@@ -243,12 +245,12 @@ class Engine:
             )
             self._choice_split()  # a select split on some tasks only is refused before any work
             check_compatible(self._tasks, self.cfg.evaluation.backend)
-            if self.cfg.init.distill is not None:
-                check_distillable(self._tasks, self.cfg.evaluation.backend)
             for task in self._tasks:  # reference answers and data checks, before any long work
                 for split in SPLITS:
                     task.prepare(split)
             self._base = open_model(self.cfg.models.base, name=BASE_ID)
+            if not self.paths.checkpoint.exists():
+                self._check_distill()
             self._write_pending_config()
             if self.paths.checkpoint.exists():
                 state = RunState.load(self.paths.checkpoint)
@@ -444,31 +446,82 @@ class Engine:
                 {"method": spec.method, "params": dict(spec.params)},
             )
             self.reporter.advance()
-        if distill is not None:
-            self.reporter.phase("learning the distilled merge", total=distill.steps)
+        if distill is not None and self._distill_skipped is None:
+            self._distill_seed(archives, registry, experts, distill, index=len(merges))
+        if distill is not None and self._distill_skipped is not None:
+            self.reporter.log(f"init.distill skipped (optional): {self._distill_skipped}")
+            record = {"settings": distill.model_dump(), "skipped": self._distill_skipped}
+            atomic_write_text(self.paths.distill, json.dumps(record, indent=1) + "\n")
+
+    def _distill_seed(
+        self,
+        archives: ArchiveSet,
+        registry: ModelRegistry,
+        experts: Mapping[str, ModelSource],
+        spec: DistillConfig,
+        *,
+        index: int,
+    ) -> None:
+        """Learn the merge of ``init.distill`` and offer it; an optional one that fails is noted."""
+        assert self._base is not None
+        self.reporter.log("init.distill: each expert answers its task's validation prompts")
+        try:
             weights, record = distilled_merge(
                 self._base,
                 [experts[t] for t in self.cfg.task_names],
                 tasks=[self.evaluator.tasks[t] for t in self.cfg.task_names],
                 backend=self.evaluator.backend,
-                spec=distill,
+                spec=spec,
                 seed=derive_seed(self.cfg.seed, "distill"),
                 device=resolve_device(self.cfg.evaluation.device),
-                progress=lambda _step, loss: self.reporter.advance({"loss": round(loss, 4)}),
+                progress=self._distill_progress(spec.steps),
             )
-            atomic_write_text(self.paths.distill, json.dumps(record, indent=1) + "\n")
-            dtype = parse_dtype(self.cfg.models.dtype)
-            weights = {
-                n: t.to(dtype) if dtype is not None and t.is_floating_point() else t
-                for n, t in weights.items()
-            }
-            self._offer_seed(
-                archives,
-                registry,
-                seed_id(len(merges)),
-                weights,
-                {"method": "distill", "params": distill.model_dump()},
+        except (DistillError, torch.OutOfMemoryError) as exc:
+            if not spec.optional:
+                raise
+            self._distill_skipped = str(exc) or type(exc).__name__
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return
+        atomic_write_text(self.paths.distill, json.dumps(record, indent=1) + "\n")
+        dtype = parse_dtype(self.cfg.models.dtype)  # None: each tensor keeps the base's dtype
+        weights = {
+            n: t.to(dtype or self._base.dtype(n)) if t.is_floating_point() else t for n, t in weights.items()
+        }
+        self._offer_seed(
+            archives, registry, seed_id(index), weights, {"method": "distill", "params": spec.model_dump()}
+        )
+
+    def _distill_progress(self, steps: int) -> Any:
+        """The fit's progress callback: a phase that starts with the first step."""
+
+        def advance(step: int, loss: float) -> None:
+            if step == 1:
+                self.reporter.phase("learning the distilled merge", total=steps, done=0)
+            self.reporter.advance({"loss": round(loss, 4)})
+
+        return advance
+
+    def _check_distill(self) -> None:
+        """Refuse an ``init.distill`` that cannot run (before any work); note why an optional one is off."""
+        self._distill_skipped = None
+        spec = self.cfg.init.distill
+        if spec is None:
+            return
+        assert self._base is not None
+        reason = distill_obstacle(
+            self._tasks,
+            backend_kind=self.cfg.evaluation.backend,
+            base=self._base,
+            experts=len(self.cfg.task_names),
+            available=available_memory(resolve_device(self.cfg.evaluation.device)),
+        )
+        if reason is not None and not spec.optional:
+            raise ConfigError(
+                f"init.distill cannot run: {reason}; or set init.distill.optional: true to skip it "
+                "(the offplane preset does), or init: {distill: null}"
             )
+        self._distill_skipped = reason
 
     def _offer_seed(
         self,

@@ -239,7 +239,8 @@ class Task(ABC):
             limit: Use the split's first ``limit`` items only (``None``: all).
 
         Returns:
-            (context, reply) pairs, in item order.
+            (context, reply) pairs, in the order the replies were made (item order; agents: round
+            by round).
 
         Raises:
             NotImplementedError: When the task cannot say what its model replies (see :attr:`can_teach`).

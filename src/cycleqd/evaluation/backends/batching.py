@@ -90,6 +90,36 @@ class ModelShape:
         return tokens * per_token + logit_rows * self.vocab * 4
 
 
+def available_memory(device: torch.device) -> int:
+    """Bytes free now: a GPU's free memory, or the RAM the kernel reports available on CPU.
+
+    Args:
+        device: A torch device.
+
+    Returns:
+        The bytes (half the physical memory where the platform has no count of free pages, 4 GiB
+        where it says nothing).
+    """
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        pass
+    try:  # macOS has no count of free pages: half the physical memory
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError):
+        return 4 << 30
+
+
 def memory_budget(device: torch.device) -> int:
     """Bytes a batch may use: half the free memory of a GPU, a quarter of the available RAM on CPU.
 
@@ -99,24 +129,8 @@ def memory_budget(device: torch.device) -> int:
     Returns:
         The budget (at least 256 MB).
     """
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return max(free // 2, 256 << 20)
-    available = None
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    available = int(line.split()[1]) * 1024
-                    break
-    except (OSError, ValueError):
-        pass
-    if available is None:
-        try:
-            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError):
-            available = 4 << 30
-    return max(available // 4, 256 << 20)
+    share = 2 if device.type == "cuda" else 4
+    return max(available_memory(device) // share, 256 << 20)
 
 
 def auto_batch_size(shape: ModelShape | None, tokens: int, *, logit_rows: int, budget: int) -> int:
