@@ -446,12 +446,8 @@ class Engine:
                 {"method": spec.method, "params": dict(spec.params)},
             )
             self.reporter.advance()
-        if distill is not None and self._distill_skipped is None:
+        if distill is not None:
             self._distill_seed(archives, registry, experts, distill, index=len(merges))
-        if distill is not None and self._distill_skipped is not None:
-            self.reporter.log(f"init.distill skipped (optional): {self._distill_skipped}")
-            record = {"settings": distill.model_dump(), "skipped": self._distill_skipped}
-            atomic_write_text(self.paths.distill, json.dumps(record, indent=1) + "\n")
 
     def _distill_seed(
         self,
@@ -462,35 +458,43 @@ class Engine:
         *,
         index: int,
     ) -> None:
-        """Learn the merge of ``init.distill`` and offer it; an optional one that fails is noted."""
+        """Learn the merge of ``init.distill`` and offer it; an optional one that cannot be made is noted.
+
+        Either way ``distill.json`` says what happened: the fit's record, or why it was skipped.
+        """
         assert self._base is not None
-        self.reporter.log("init.distill: each expert answers its task's validation prompts")
-        try:
-            weights, record = distilled_merge(
-                self._base,
-                [experts[t] for t in self.cfg.task_names],
-                tasks=[self.evaluator.tasks[t] for t in self.cfg.task_names],
-                backend=self.evaluator.backend,
-                spec=spec,
-                seed=derive_seed(self.cfg.seed, "distill"),
-                device=resolve_device(self.cfg.evaluation.device),
-                progress=self._distill_progress(spec.steps),
-            )
-        except (DistillError, torch.OutOfMemoryError) as exc:
-            if not spec.optional:
-                raise
-            self._distill_skipped = str(exc) or type(exc).__name__
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            return
+        if self._distill_skipped is None:
+            self.reporter.log("init.distill: each expert answers its task's validation prompts")
+            try:
+                weights, record = distilled_merge(
+                    self._base,
+                    [experts[t] for t in self.cfg.task_names],
+                    tasks=[self.evaluator.tasks[t] for t in self.cfg.task_names],
+                    backend=self.evaluator.backend,
+                    spec=spec,
+                    seed=derive_seed(self.cfg.seed, "distill"),
+                    device=resolve_device(self.cfg.evaluation.device),
+                    progress=self._distill_progress(spec.steps),
+                )
+            except (DistillError, torch.OutOfMemoryError) as exc:
+                if not spec.optional:
+                    raise
+                self._distill_skipped = str(exc) or type(exc).__name__
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+            else:
+                atomic_write_text(self.paths.distill, json.dumps(record, indent=1) + "\n")
+                dtype = parse_dtype(self.cfg.models.dtype)  # None: each tensor keeps the base's dtype
+                weights = {
+                    n: t.to(dtype or self._base.dtype(n)) if t.is_floating_point() else t
+                    for n, t in weights.items()
+                }
+                crossover = {"method": "distill", "params": spec.model_dump()}
+                self._offer_seed(archives, registry, seed_id(index), weights, crossover)
+                return
+        self.reporter.log(f"init.distill skipped (optional): {self._distill_skipped}")
+        record = {"settings": spec.model_dump(), "skipped": self._distill_skipped}
         atomic_write_text(self.paths.distill, json.dumps(record, indent=1) + "\n")
-        dtype = parse_dtype(self.cfg.models.dtype)  # None: each tensor keeps the base's dtype
-        weights = {
-            n: t.to(dtype or self._base.dtype(n)) if t.is_floating_point() else t for n, t in weights.items()
-        }
-        self._offer_seed(
-            archives, registry, seed_id(index), weights, {"method": "distill", "params": spec.model_dump()}
-        )
 
     def _distill_progress(self, steps: int) -> Any:
         """The fit's progress callback: a phase that starts with the first step."""
