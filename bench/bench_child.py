@@ -4,7 +4,7 @@
 
 Three measurements, each in a fresh subprocess (so peak memory is the process's own):
 
-- ``streaming``: cycleqd's :class:`~cycleqd.engine.jobs.ChildBuilder` (crossover + svd-expert
+- ``streaming``: cycleqd's :class:`~cycleqd.engine.children.ChildBuilder` (crossover + svd-expert
   mutation), reading the parents tensor by tensor from memory-mapped safetensors. Two children are
   built: the first writes into fresh memory; the second into the first child's memory, handed back
   with ``recycle`` as the runners do once a child is saved or discarded: what every later generation
@@ -81,7 +81,7 @@ def _svd_cache(folder: Path, rank: int) -> Path:
 
 
 def _job(folder: Path):
-    from cycleqd.engine.jobs import Job
+    from cycleqd.engine.children import Job
 
     return Job(
         generation=0,
@@ -95,7 +95,7 @@ def _job(folder: Path):
 
 def run_streaming(folder: Path, rank: int, save: Path | None) -> dict:
     """The child built by cycleqd's streaming builder."""
-    from cycleqd.engine.jobs import ChildBuilder
+    from cycleqd.engine.children import ChildBuilder
     from cycleqd.operators import ExpertSVDCache, SVDExpertMutation
     from cycleqd.weights import open_model, save_model
 
@@ -193,7 +193,7 @@ def product_rate(dtype: torch.dtype) -> float:
 
 def _product_dtype(dtype: str) -> torch.dtype:
     """The dtype ChildBuilder multiplies a low-rank mutation in, on this machine, for a child in ``dtype``."""
-    from cycleqd.engine.jobs import _low_rank_dtype
+    from cycleqd.engine.children import _low_rank_dtype
     from cycleqd.operators.blocked import native_bf16_matmul
 
     want = _low_rank_dtype(getattr(torch, dtype))
@@ -239,7 +239,7 @@ def main() -> None:
         if args.measure == "idle":
             import transformers  # noqa: F401
 
-            import cycleqd.engine.jobs  # noqa: F401
+            import cycleqd.engine.children  # noqa: F401
 
             result = {"peak": _peak_rss_bytes()}
         elif args.measure == "prepare":

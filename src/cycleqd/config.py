@@ -13,9 +13,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cycleqd.config_kinds import KindSection, keyword_settings, kind_section
 from cycleqd.errors import ConfigError
 from cycleqd.evaluation.spec import EvaluationSpec, TaskSpec
+from cycleqd.operators.mutation.registry import MUTATIONS
 from cycleqd.presets import apply_preset
+from cycleqd.qd.selection import SELECTIONS
 from cycleqd.validation import validation_lines
 from cycleqd.weights.source import HUB_PREFIX
 
@@ -95,21 +98,25 @@ class ArchiveConfig(_Strict):
         return v
 
 
-class SelectionConfig(_Strict):
-    """Parent selection: ``elite`` (paper's elite sampling) or ``uniform`` (ablation)."""
+def _check_selection(method: str, settings: BaseModel) -> None:
+    from cycleqd.qd.selection import check_rule_settings
 
-    method: Literal["elite", "uniform"] = "elite"
-    alpha_low: float = Field(0.5, gt=0.0)
-    alpha_high: float = Field(0.8, gt=0.0)
+    check_rule_settings(method, settings.model_dump())
 
-    @model_validator(mode="after")
-    def _alphas(self) -> SelectionConfig:
-        if self.alpha_low > self.alpha_high:
-            raise ValueError(
-                f"alpha_low ({self.alpha_low}) must not exceed alpha_high ({self.alpha_high}); "
-                "the paper uses 0.5 and 0.8"
-            )
-        return self
+
+SelectionConfig = kind_section(
+    "SelectionConfig",
+    key="method",
+    what="selection rule",
+    settings={name: keyword_settings(rule, what="selection rule") for name, rule in SELECTIONS.items()},
+    default="elite",
+    check=_check_selection,
+    doc="""Parent selection: a rule of :data:`~cycleqd.qd.selection.SELECTIONS` and its settings.
+
+    ``elite`` (paper's elite sampling, ``alpha_low`` 0.5, ``alpha_high`` 0.8) or ``uniform``
+    (ablation, no settings).
+    """,
+)
 
 
 def _merge_method(name: str, params: dict[str, Any]) -> Any:
@@ -182,38 +189,18 @@ class CrossoverConfig(_Strict):
         return self
 
 
-class MutationConfig(_Strict):
-    """Mutation of the child's task vector.
+class _MutationShared(KindSection):
+    """The fields every mutation kind has.
 
     Attributes:
-        kind: ``svd-expert`` (official code), ``svd-self`` (paper), ``gaussian`` (ablation), ``none``.
-        rho: svd-expert: r ~ U[0, rho).
-        rank: svd-expert: truncation rank of the expert SVDs (``null`` keeps all).
-        low: svd-self: lower bound of the singular-value factors.
-        high: svd-self: upper bound.
-        randomized_above: svd-self: randomized SVD for matrices with more elements than this.
-        randomized_rank: svd-self: rank of the randomized SVD.
-        sigma: gaussian: standard deviation.
+        kind: The mutation (narrowed to the registered kinds by :func:`kind_section`).
         skip: Regular expressions of tensor names never mutated (1-D tensors never are).
         svd_cache: Folder of the expert SVD cache (default: ``svd`` in the run folder).
     """
 
-    kind: Literal["svd-expert", "svd-self", "gaussian", "none"] = "svd-expert"
-    rho: float = Field(0.1, ge=0.0)
-    rank: int | None = Field(None, ge=1)
-    low: float = 0.9
-    high: float = 1.1
-    randomized_above: int | None = Field(None, ge=1)
-    randomized_rank: int = Field(256, ge=1)
-    sigma: float = Field(3e-4, ge=0.0)
+    kind: str = "svd-expert"
     skip: list[str] = Field(default_factory=lambda: ["norm"])
     svd_cache: str | None = None
-
-    @model_validator(mode="after")
-    def _bounds(self) -> MutationConfig:
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) must not exceed high ({self.high})")
-        return self
 
     @field_validator("skip")
     @classmethod
@@ -224,6 +211,22 @@ class MutationConfig(_Strict):
             except re.error as exc:
                 raise ValueError(f"{pattern!r} is not a regular expression ({exc})") from None
         return v
+
+
+MutationConfig = kind_section(
+    "MutationConfig",
+    key="kind",
+    what="mutation",
+    settings={kind: cls.Settings for kind, cls in MUTATIONS.items()},
+    default="svd-expert",
+    base=_MutationShared,
+    doc="""Mutation of the child's task vector: a kind of :data:`~cycleqd.operators.MUTATIONS`.
+
+    ``svd-expert`` (official code: ``rho``, ``rank``), ``svd-self`` (paper: ``low``, ``high``,
+    ``randomized_above``, ``randomized_rank``), ``gaussian`` (ablation: ``sigma``) or ``none``;
+    ``skip`` and ``svd_cache`` apply to every kind.
+    """,
+)
 
 
 class AggregationConfig(_Strict):
@@ -351,6 +354,23 @@ class RunnerConfig(_Strict):
     parent_cache: int = Field(4, ge=2)
     max_retries: int = Field(3, ge=0)
     start_timeout_s: float = Field(600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ray_only(self) -> RunnerConfig:
+        if self.kind == "ray":
+            return self
+        shared = {"kind", "parent_cache"}
+        ignored = [
+            name
+            for name in sorted(self.model_fields_set - shared)
+            if getattr(self, name) != type(self).model_fields[name].default
+        ]
+        if ignored:
+            raise ValueError(
+                f"{', '.join(ignored)} apply to the ray runner, not to local (one job at a time in this "
+                "process); remove them or set kind: ray"
+            )
+        return self
 
 
 class RunConfig(_Strict):

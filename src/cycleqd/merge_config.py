@@ -163,7 +163,7 @@ class MergeConfig(_Strict):
                         "slices[0].sources: every source must have the same layer_range starting at 0 "
                         "(whole-model merges only)"
                     )
-        if self.base_model is None and method.name != "linear":
+        if self.base_model is None and not method.base_member:
             problems.append(f"base_model: required by {method.name} (the model the task vectors start from)")
         scopes: list[tuple[str, dict[str, Any] | None, bool]] = [("parameters", self.parameters, False)]
         if self.slices:
@@ -360,19 +360,19 @@ def prepare_merge(
         f"parameter {k} is accepted for mergekit compatibility and has no effect here"
         for k in sorted(
             {*config.global_parameters(), *(k for e in config.entries() for k in (e.parameters or {}))}
-            & method.ignored
+            & set(method.ignored)
         )
     ]
 
     inputs: list[tuple[str, dict[str, Any]]] = []
     base_listed = any(path == base_path for _, path in entries)
     for entry, path in entries:
-        if path == base_path and method.name != "linear":
-            continue  # mergekit ignores the base's entry (and its parameters) except for linear
+        if path == base_path and not method.base_member:
+            continue  # mergekit ignores the base's entry (and its parameters) except in an average
         inputs.append((path, {k: _plain(v) for k, v in (entry.parameters or {}).items()}))
-    if method.name == "linear" and config.base_model and not base_listed:
-        inputs.append((base_path, {}))  # mergekit adds the base as one more input of a linear merge
-        notes.append("linear: base_model is not in models, so it is averaged in like mergekit does")
+    if method.base_member and config.base_model and not base_listed:
+        inputs.append((base_path, {}))  # mergekit adds the base as one more input of an average
+        notes.append(f"{method.name}: base_model is not in models, so it is averaged in like mergekit does")
     if not inputs:
         raise ConfigError(f"{kind}: no model to merge besides the base {config.base_model}")
     if method.n_models is not None and len(inputs) != method.n_models:

@@ -58,8 +58,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 """Preset name → the config sections it sets."""
 
 
+#: Fields that name a section's kind (``mutation.kind``, ``selection.method``, ``crossover.method``).
+KIND_FIELDS = ("kind", "method")
+
+
 def merge_sections(defaults: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
     """``given`` over ``defaults``: mappings merge key by key, anything else in ``given`` wins.
+
+    A mapping of ``given`` that names another kind than the default's (a different ``kind`` or
+    ``method``) replaces it whole: the settings of one kind mean nothing to another.
 
     Args:
         defaults: The preset's values.
@@ -68,13 +75,20 @@ def merge_sections(defaults: Mapping[str, Any], given: Mapping[str, Any]) -> dic
     Returns:
         A new mapping (the inputs are not changed).
     """
+    if _other_kind(defaults, given):
+        return copy.deepcopy(dict(given))
     out = copy.deepcopy(dict(defaults))
     for key, value in given.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = merge_sections(out[key], value)
+        below = out.get(key)
+        if isinstance(value, Mapping) and isinstance(below, Mapping):
+            out[key] = merge_sections(below, value)
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def _other_kind(defaults: Mapping[str, Any], given: Mapping[str, Any]) -> bool:
+    return any(f in given and f in defaults and given[f] != defaults[f] for f in KIND_FIELDS)
 
 
 def apply_preset(raw: Mapping[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cycleqd.engine.jobs import ChildBuilder, Job
+from cycleqd.engine.children import ChildBuilder, Job
 from cycleqd.operators import ExpertSVDCache, GaussianMutation, NoMutation, SVDExpertMutation, SVDSelfMutation
 from cycleqd.operators.blocked import weighted_sum
 from cycleqd.operators.random import make_generator

@@ -203,3 +203,68 @@ def test_task_errors_come_before_any_model_is_read_and_write_nothing(
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run" / "config.yaml").exists()
     assert not (tmp_path / "run" / "eval_cache.sqlite").exists()
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "message"),
+    [
+        (
+            "mutation",
+            {"kind": "svd-self", "rho": 0.3},
+            "rho is a setting of the svd-expert mutation, not of svd-self",
+        ),
+        (
+            "mutation",
+            {"kind": "none", "sigma": 0.1},
+            "sigma is a setting of the gaussian mutation, not of none",
+        ),
+        (
+            "selection",
+            {"method": "uniform", "alpha_high": 0.9},
+            "alpha_high is a setting of the elite selection",
+        ),
+        ("runner", {"kind": "local", "workers": 4}, "workers apply to the ray runner, not to local"),
+    ],
+)
+def test_a_setting_of_another_kind_is_refused_naming_its_kind(
+    tmp_path: Path, section, values, message
+) -> None:
+    raw = yaml.safe_load(write_toy_config(tmp_path).read_text())
+    raw[section] = values
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=message):
+        load_config(tmp_path / "config.yaml")
+
+
+def test_a_section_naming_another_kind_replaces_the_presets_section() -> None:
+    from cycleqd.presets import merge_sections
+
+    merged = merge_sections(
+        {"mutation": {"kind": "svd-expert", "rho": 0.5}, "crossover": {"std": 0.1}},
+        {"mutation": {"kind": "gaussian", "sigma": 0.01}, "crossover": {"mean": 1.0}},
+    )
+    assert merged == {"mutation": {"kind": "gaussian", "sigma": 0.01}, "crossover": {"std": 0.1, "mean": 1.0}}
+    same = merge_sections({"kind": "svd-expert", "rho": 0.5}, {"kind": "svd-expert", "rank": 4})
+    assert same == {"kind": "svd-expert", "rho": 0.5, "rank": 4}
+
+
+def test_the_resolved_config_of_an_older_run_still_loads(tmp_path: Path) -> None:
+    # Older run folders list every mutation field whatever the kind; unchanged defaults are accepted.
+    raw = yaml.safe_load(write_toy_config(tmp_path).read_text())
+    raw["mutation"] = {
+        "kind": "gaussian",
+        "rho": 0.1,
+        "rank": None,
+        "low": 0.9,
+        "high": 1.1,
+        "randomized_above": None,
+        "randomized_rank": 256,
+        "sigma": 0.002,
+        "skip": ["norm"],
+        "svd_cache": None,
+    }
+    raw["selection"] = {"method": "uniform", "alpha_low": 0.5, "alpha_high": 0.8}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    cfg = load_config(tmp_path / "config.yaml")
+    assert cfg.mutation.settings.model_dump() == {"sigma": 0.002}
+    assert cfg.selection.settings.model_dump() == {}

@@ -11,7 +11,7 @@ import yaml
 from toyrun import cli, write_toy_config
 
 from cycleqd.engine.distill import Example, answer_loss, group_keys, learn_coefficients, merged_tensors
-from cycleqd.engine.registry import ModelKind
+from cycleqd.engine.model_registry import ModelKind
 from cycleqd.engine.state import RunState
 from cycleqd.weights import open_model
 

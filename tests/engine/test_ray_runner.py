@@ -169,8 +169,8 @@ def test_a_child_whose_worker_died_before_writing_it_is_rebuilt_on_another(tmp_p
     import torch
 
     from cycleqd.config import load_config
-    from cycleqd.engine.factory import build_child_builder
-    from cycleqd.engine.jobs import Job
+    from cycleqd.engine.assembly import build_child_builder
+    from cycleqd.engine.children import Job
     from cycleqd.engine.runners.ray import RayRunner, WorkerSpec
     from cycleqd.weights import open_model
 

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
+from cycleqd.presets import merge_sections
+
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 HERE = ROOT / "tests" / "engine"
@@ -29,7 +31,8 @@ def write_toy_config(folder: Path, **overrides: Any) -> Path:
         task["params"]["points"] = 128
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(cfg.get(key), dict):
-            cfg[key].update(value)
+            # As a preset's sections merge: field by field, unless the override names another kind.
+            cfg[key] = merge_sections(cfg[key], value)
         else:
             cfg[key] = value
     path = folder / "config.yaml"

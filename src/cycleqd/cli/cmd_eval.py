@@ -41,8 +41,8 @@ def eval_command(
     ),
 ) -> None:
     """Print per-task scores of MODEL (or of saved --predictions) on the config's tasks."""
+    from cycleqd.evaluation.model_scores import evaluate_model, score_predictions_file
     from cycleqd.evaluation.predictions import write_item_results
-    from cycleqd.evaluation.runner import evaluate_model, score_predictions_file
 
     if (model is None) == (predictions is None):
         raise ConfigError("give either a MODEL folder or --predictions FILE (not both)")

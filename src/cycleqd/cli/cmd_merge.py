@@ -33,10 +33,11 @@ def merge(
     ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Merge models tensor by tensor (linear, task_arithmetic, ties, dare_*, slerp, tsv_m, iso_c, iso_cts).
+    """Merge models tensor by tensor with a merge method of the library (task arithmetic, TIES, ...).
 
-    The YAML reads like mergekit's (merge_method, base_model, models with weight and density,
-    parameters, dtype, out_dtype) plus seed, shard_size and check_finite. See examples/merge/.
+    A config that names an unknown method is told every valid one. The YAML reads like mergekit's
+    (merge_method, base_model, models with weight and density, parameters, dtype, out_dtype) plus
+    seed, shard_size and check_finite. See examples/merge/.
     """
     import torch
 

@@ -34,13 +34,23 @@ import torch
 from cycleqd.atomic import atomic_write_text
 from cycleqd.config import DistillConfig, RunConfig, check_model_paths, dump_config, load_config
 from cycleqd.engine.aggregate import aggregate_tensors, softmax_weights
+from cycleqd.engine.assembly import WorkerSpec, build_child_builder, build_evaluator, build_mutation
+from cycleqd.engine.children import ChildBuilder, Job, JobOutcome, scores_by_task
 from cycleqd.engine.choice import Candidate, choose, mean_score, top_by_validation
 from cycleqd.engine.distill import DistillError, distill_obstacle, distilled_merge
 from cycleqd.engine.expert_signal import NoSignalError, check_signal
-from cycleqd.engine.factory import BASE_ID, build_child_builder, expert_id, svd_caches
-from cycleqd.engine.jobs import ChildBuilder, Job, JobOutcome, validation_scores
+from cycleqd.engine.model_registry import (
+    AGGREGATE_ID,
+    BASE_ID,
+    ModelKind,
+    ModelRecord,
+    ModelRegistry,
+    ModelStatus,
+    child_id,
+    expert_id,
+    seed_id,
+)
 from cycleqd.engine.paths import RunPaths
-from cycleqd.engine.registry import ModelKind, ModelRecord, ModelRegistry, ModelStatus
 from cycleqd.engine.runners.base import Runner
 from cycleqd.engine.soup import SOUP_KINDS, greedy_ingredients, soup_id
 from cycleqd.engine.state import RunState
@@ -48,9 +58,8 @@ from cycleqd.errors import ConfigError, CycleQDError
 from cycleqd.evaluation.backends.batching import available_memory
 from cycleqd.evaluation.backends.hf import resolve_device
 from cycleqd.evaluation.base import SPLITS
-from cycleqd.evaluation.cache import ResultCache
 from cycleqd.evaluation.evaluator import Evaluator
-from cycleqd.evaluation.spec import build_backend, build_tasks, check_compatible
+from cycleqd.evaluation.spec import build_tasks, check_compatible
 from cycleqd.operators import is_mutable
 from cycleqd.operators.merge import merge_models
 from cycleqd.qd import ArchiveSet, DegenerateRangeWarning, archive_metrics, make_bin_specs, select_parents
@@ -58,18 +67,6 @@ from cycleqd.seeding import derive_seed
 from cycleqd.weights import ModelSource, fingerprint_tensors, open_model, save_model, validate_models
 from cycleqd.weights.dtypes import parse_dtype
 from cycleqd.weights.save import copy_model
-
-AGGREGATE_ID = "aggregate"
-
-
-def child_id(generation: int) -> str:
-    """Model id of the child of a generation."""
-    return f"g{generation:06d}"
-
-
-def seed_id(index: int) -> str:
-    """Model id of the ``index``-th seed merge (``init.merges`` in order, then ``init.distill``)."""
-    return f"seed-{index:02d}"
 
 
 class Reporter(Protocol):
@@ -357,7 +354,7 @@ class Engine:
         for task, src in experts.items():
             fp = scans[src.name].fingerprint
             expert_results[task] = self.evaluator.evaluate(src, fingerprint=fp, split="validation")
-            expert_scores[task] = validation_scores(expert_results[task], cfg.task_names)
+            expert_scores[task] = scores_by_task(expert_results[task], cfg.task_names)
             registry.add(
                 ModelRecord(
                     id=src.name,
@@ -568,9 +565,9 @@ class Engine:
         """The driver's evaluator, built on first use (its backend holds a resident model)."""
         if self._evaluator is None:
             assert self._base is not None, "call run()"
-            backend = build_backend(self.cfg.evaluation, model_dir=self._base.path)
-            cache = ResultCache(self.paths.eval_cache) if self.cfg.evaluation.cache else None
-            self._evaluator = Evaluator(self._tasks, backend, cache=cache)
+            self._evaluator = build_evaluator(
+                self.cfg, model_dir=self._base.path, cache_file=self.paths.eval_cache, tasks=self._tasks
+            )
         return self._evaluator
 
     def _release_evaluator(self) -> None:
@@ -581,26 +578,28 @@ class Engine:
 
     def _scores(self, weights: Mapping[str, torch.Tensor], fingerprint: str, split: str) -> dict[str, float]:
         results = self.evaluator.evaluate(weights, fingerprint=fingerprint, split=split)
-        return validation_scores(results, self.cfg.task_names)
+        return scores_by_task(results, self.cfg.task_names)
 
     def svd_root(self) -> Path:
         """Folder of the expert SVD caches (``mutation.svd_cache`` or ``svd`` in the run folder)."""
         return Path(self.cfg.mutation.svd_cache) if self.cfg.mutation.svd_cache else self.paths.svd
 
-    @staticmethod
-    def fingerprints(state: RunState) -> dict[str, str]:
-        """Fingerprints of the base and the experts, by model id."""
-        return {
-            r.id: r.fingerprint or "" for r in state.registry if r.kind in (ModelKind.BASE, ModelKind.EXPERT)
-        }
+    def worker_spec(self, state: RunState) -> WorkerSpec:
+        """What a process needs to build this run's children and evaluate them as the driver does."""
+        return WorkerSpec(
+            config=self.cfg.model_dump(mode="json"),
+            svd_fingerprints=state.registry.reference_fingerprints(),
+            svd_root=str(self.svd_root()),
+            cache_file=str(self.paths.eval_cache),
+        )
 
     def _prepare_mutation_cache(self, fingerprints: Mapping[str, str]) -> None:
-        """Compute the experts' SVDs once (``svd-expert``); caches already complete are kept."""
-        if self.cfg.mutation.kind != "svd-expert":
+        """Compute once the expert SVDs the mutation reads (if any); complete caches are kept."""
+        caches = build_mutation(self.cfg, fingerprints=fingerprints, svd_root=self.svd_root()).expert_svds()
+        if not caches:
             return
         base = self._base
         assert base is not None
-        caches = svd_caches(self.cfg, fingerprints=fingerprints, svd_root=self.svd_root())
         names = [n for n in base if is_mutable(n, len(base.shape(n)), self.cfg.mutation.skip)]
         todo = {t: c for t, c in caches.items() if c.missing(names) or not c.complete}
         if not todo:
@@ -617,23 +616,22 @@ class Engine:
             state: The run state (for the experts' fingerprints).
 
         Returns:
-            A :class:`~cycleqd.engine.jobs.ChildBuilder`.
+            A :class:`~cycleqd.engine.children.ChildBuilder`.
         """
         assert self._base is not None
-        return build_child_builder(
-            self.cfg, self._base, fingerprints=self.fingerprints(state), svd_root=self.svd_root()
-        )
+        fingerprints = state.registry.reference_fingerprints()
+        return build_child_builder(self.cfg, self._base, fingerprints=fingerprints, svd_root=self.svd_root())
 
     def _runner(self, state: RunState) -> Runner:
         from cycleqd.engine.runners.local import LocalRunner
 
-        self._prepare_mutation_cache(self.fingerprints(state))  # if deleted since, or interrupted
+        self._prepare_mutation_cache(state.registry.reference_fingerprints())  # if deleted, or interrupted
         if self.cfg.runner.kind == "ray":
             from cycleqd.engine.runners.ray import RayRunner
 
             # The workers hold the models: free the driver's (a GPU it holds is a worker's less).
             self._release_evaluator()
-            return RayRunner.from_engine(self, state)
+            return RayRunner.from_config(self.worker_spec(state), self.cfg.runner)
         return LocalRunner(self.child_builder(state), self.evaluator, durable=self.cfg.models.durable_writes)
 
     def active_task(self, generation: int) -> str:
@@ -669,9 +667,7 @@ class Engine:
         rng = np.random.default_rng(derive_seed(state.seed, generation, "selection"))
         s = self.cfg.selection
         if len(archive) >= 2:
-            parents = select_parents(
-                archive, rng=rng, method=s.method, n=2, alpha_low=s.alpha_low, alpha_high=s.alpha_high
-            )
+            parents = select_parents(archive, rng=rng, method=s.method, n=2, **s.settings.model_dump())
         else:  # a lone elite is crossed with itself; the mutation still varies it
             parents = [archive.elites()[0].model_id] * 2
         return Job(

@@ -9,7 +9,7 @@ from typing import Any
 
 from cycleqd.atomic import atomic_write_json
 from cycleqd.engine.job import Job
-from cycleqd.engine.registry import ModelRegistry
+from cycleqd.engine.model_registry import ModelRegistry
 from cycleqd.errors import CycleQDError
 from cycleqd.qd import ArchiveSet
 

@@ -12,6 +12,7 @@ from cycleqd.qd.metrics import archive_metrics, best_per_task, pareto_front, set
 from cycleqd.qd.selection import (
     SELECTIONS,
     SelectionRule,
+    check_rule_settings,
     elite_sampling_probabilities,
     select_parents,
     selection_probabilities,
@@ -31,6 +32,7 @@ __all__ = [
     "SetAddResult",
     "archive_metrics",
     "best_per_task",
+    "check_rule_settings",
     "elite_sampling_probabilities",
     "make_bin_specs",
     "paper_ranges",

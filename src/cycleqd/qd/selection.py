@@ -5,15 +5,18 @@ n_ij is the min-max normalised score of elite j on task i over the archive's eli
 when all have the same score on task i), α_lo = 0.5 and α_hi = 0.8; P(j) = γ_j / Σ_k γ_k. Elites that
 are good on many tasks are drawn more often. Uniform selection is the paper's ablation.
 
-A new rule is one function ``(scores, *, alpha_low, alpha_high) -> probabilities`` and one line in
-:data:`SELECTIONS`.
+A new rule is one function ``(scores, *, setting=default, ...) -> probabilities`` and one line in
+:data:`SELECTIONS`. Its keyword-only parameters are its settings: the run config's ``selection``
+section takes them by name, and a rule checks their values itself (raising
+``ValueError``), which the config does before any work by calling it once.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from numbers import Integral, Real
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -23,13 +26,12 @@ from cycleqd.qd.archive import Archive
 class SelectionRule(Protocol):
     """A selection rule: sampling probabilities for the elites of one archive."""
 
-    def __call__(self, scores: np.ndarray, *, alpha_low: float, alpha_high: float) -> np.ndarray:
+    def __call__(self, scores: np.ndarray, **settings: Any) -> np.ndarray:
         """Probabilities for each elite.
 
         Args:
             scores: Array (n_elites, K) of each elite's scores on all K tasks.
-            alpha_low: Rule parameter (rules that do not use it ignore it).
-            alpha_high: Rule parameter (rules that do not use it ignore it).
+            **settings: The rule's own keyword-only settings (``alpha_low`` ...).
 
         Returns:
             Array (n_elites,) of probabilities summing to 1.
@@ -71,8 +73,8 @@ def elite_sampling_probabilities(
             raise ValueError(f"{name} must be a finite number > 0 (paper: 0.5 and 0.8), got {value!r}")
     if alpha_high < alpha_low:
         raise ValueError(
-            f"alpha_high ({alpha_high}) must be at least alpha_low ({alpha_low}); otherwise weaker elites "
-            "would be favoured"
+            f"alpha_low ({alpha_low}) must not exceed alpha_high ({alpha_high}): alpha_high must be at "
+            "least alpha_low, otherwise weaker elites would be favoured (the paper uses 0.5 and 0.8)"
         )
     s = _check_scores(scores)
     lo = s.min(axis=0)
@@ -84,15 +86,11 @@ def elite_sampling_probabilities(
     return gamma / gamma.sum()
 
 
-def uniform_probabilities(
-    scores: np.ndarray, *, alpha_low: float = 0.5, alpha_high: float = 0.8
-) -> np.ndarray:
+def uniform_probabilities(scores: np.ndarray) -> np.ndarray:
     """Equal probabilities for every elite (the paper's ablation).
 
     Args:
         scores: Array (n_elites, K) of the elites' scores (only its length is used).
-        alpha_low: Ignored.
-        alpha_high: Ignored.
 
     Returns:
         Array (n_elites,) filled with 1 / n_elites.
@@ -111,16 +109,28 @@ SELECTIONS: dict[str, SelectionRule] = {
 }
 
 
+def check_rule_settings(method: str, settings: Mapping[str, Any]) -> None:
+    """Let a rule check its settings by drawing once from a one-elite archive.
+
+    Args:
+        method: A name in :data:`SELECTIONS`.
+        settings: The rule's settings by name.
+
+    Raises:
+        ValueError: The rule's own message about a bad setting.
+    """
+    SELECTIONS[method](np.ones((1, 1)), **settings)
+
+
 def selection_probabilities(
-    archive: Archive, *, method: str = "elite", alpha_low: float = 0.5, alpha_high: float = 0.8
+    archive: Archive, *, method: str = "elite", **settings: Any
 ) -> tuple[list[str], np.ndarray]:
     """The ids of an archive's elites and the probability of drawing each.
 
     Args:
         archive: The active archive.
         method: A name in :data:`SELECTIONS`.
-        alpha_low: See :func:`elite_sampling_probabilities`.
-        alpha_high: See :func:`elite_sampling_probabilities`.
+        **settings: The rule's settings (``alpha_low``, ``alpha_high`` for ``elite``).
 
     Returns:
         ``(ids, probabilities)``, ids in the archive's cell order.
@@ -140,7 +150,7 @@ def selection_probabilities(
             f"the archive of task {archive.task!r} is empty; insert the experts before selecting parents"
         )
     scores = np.array([[e.scores[t] for t in archive.tasks] for e in elites], dtype=np.float64)
-    probs = rule(scores, alpha_low=alpha_low, alpha_high=alpha_high)
+    probs = rule(scores, **settings)
     return [e.model_id for e in elites], probs
 
 
@@ -150,8 +160,7 @@ def select_parents(
     rng: np.random.Generator,
     method: str = "elite",
     n: int = 2,
-    alpha_low: float = 0.5,
-    alpha_high: float = 0.8,
+    **settings: Any,
 ) -> list[str]:
     """Draw ``n`` distinct elites of an archive, without replacement.
 
@@ -163,8 +172,7 @@ def select_parents(
         rng: The generator of this draw (seeded from the run seed and the generation).
         method: A name in :data:`SELECTIONS` (``elite`` or ``uniform``).
         n: Number of parents.
-        alpha_low: See :func:`elite_sampling_probabilities`.
-        alpha_high: See :func:`elite_sampling_probabilities`.
+        **settings: The rule's settings (``alpha_low``, ``alpha_high`` for ``elite``).
 
     Returns:
         The parents' ids, in the order drawn.
@@ -184,6 +192,6 @@ def select_parents(
             f"the archive of task {archive.task!r} holds {len(archive)} elite(s) but {n} distinct parents "
             "were requested; insert more models (for example every expert) before selecting"
         )
-    ids, probs = selection_probabilities(archive, method=method, alpha_low=alpha_low, alpha_high=alpha_high)
+    ids, probs = selection_probabilities(archive, method=method, **settings)
     picked = rng.choice(len(ids), size=int(n), replace=False, p=probs)
     return [ids[i] for i in picked]

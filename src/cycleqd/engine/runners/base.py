@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from cycleqd.engine.jobs import Job, JobOutcome
+from cycleqd.engine.children import Job, JobOutcome
 
 
 class Runner(ABC):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from pathlib import Path
 
-from cycleqd.engine.jobs import ChildBuilder, Job, JobOutcome, execute_job
+from cycleqd.engine.children import ChildBuilder, Job, JobOutcome, execute_job
 from cycleqd.engine.runners.base import Runner
 from cycleqd.evaluation.evaluator import Evaluator
 from cycleqd.weights import save_model

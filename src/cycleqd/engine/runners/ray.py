@@ -22,33 +22,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cycleqd.engine.jobs import Job, JobOutcome, execute_job
+from cycleqd.engine.assembly import WorkerSpec, assemble
+from cycleqd.engine.children import Job, JobOutcome, execute_job
 from cycleqd.engine.runners.base import Runner
 from cycleqd.errors import CycleQDError
 
 if TYPE_CHECKING:
-    from cycleqd.engine.loop import Engine
-    from cycleqd.engine.state import RunState
+    from cycleqd.config import RunnerConfig
 
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What a worker needs to build its own builder and evaluator (plain data, sent to each worker).
-
-    Attributes:
-        config: The run config as a dict (``RunConfig.model_dump``), paths already absolute.
-        svd_fingerprints: Fingerprints of the base and experts (to find the expert SVD caches).
-        svd_root: Folder of the expert SVD caches.
-    """
-
-    config: dict[str, Any]
-    svd_fingerprints: Mapping[str, str] = field(default_factory=dict)
-    svd_root: str | None = None
+__all__ = ["CycleQDWorker", "RayRunner", "WorkerSpec"]
 
 
 class CycleQDWorker:
@@ -60,23 +45,12 @@ class CycleQDWorker:
     """
 
     def __init__(self, spec: WorkerSpec, name: str) -> None:
-        from cycleqd.config import RunConfig
-        from cycleqd.engine.factory import build_child_builder
-        from cycleqd.evaluation.evaluator import Evaluator
-        from cycleqd.evaluation.spec import build_backend, build_tasks
-        from cycleqd.weights import open_model
-
-        cfg = RunConfig.model_validate(spec.config)
+        assembly = assemble(spec)  # the same builder and evaluator options as the driver's
         self.name = name
-        base = open_model(cfg.models.base, name="base")
-        tasks = build_tasks(cfg.tasks, root=Path(cfg.root or "."), evaluation=cfg.evaluation)
-        backend = build_backend(cfg.evaluation, model_dir=base.path)
-        self.evaluator = Evaluator(tasks, backend)
-        self.builder = build_child_builder(
-            cfg, base, fingerprints=spec.svd_fingerprints, svd_root=spec.svd_root
-        )
+        self.evaluator = assembly.evaluator
+        self.builder = assembly.builder
         self._kept: dict[str, Any] = {}
-        self.durable = cfg.models.durable_writes
+        self.durable = assembly.config.models.durable_writes
 
     def pid(self) -> int:
         """The worker's process id (tests kill workers by it)."""
@@ -186,14 +160,16 @@ class RayRunner(Runner):
         self._wait_started()
 
     @classmethod
-    def from_engine(cls, engine: Engine, state: RunState) -> RayRunner:
-        """A runner for an engine's run, following its ``runner`` config."""
-        r = engine.cfg.runner
-        spec = WorkerSpec(
-            config=engine.cfg.model_dump(mode="json"),
-            svd_fingerprints=engine.fingerprints(state),
-            svd_root=str(engine.svd_root()),
-        )
+    def from_config(cls, spec: WorkerSpec, r: RunnerConfig) -> RayRunner:
+        """A runner whose workers are assembled from ``spec``, placed as the ``runner`` config says.
+
+        Args:
+            spec: What every worker builds its builder and evaluator from.
+            r: The run config's ``runner`` section.
+
+        Returns:
+            The runner, its workers started.
+        """
         return cls(
             spec,
             workers=r.workers,

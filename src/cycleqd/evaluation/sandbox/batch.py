@@ -153,7 +153,7 @@ def run_batch(
         return [None] * len(jobs)
     limits = limits or sandbox.limits
     with sandbox.session() as session:
-        return sandbox._execute_batch(session, list(jobs), limits=limits)
+        return execute_batch(sandbox, session, list(jobs), limits=limits)
 
 
 def execute_batch(

@@ -24,15 +24,12 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from cycleqd.errors import CycleQDError
 from cycleqd.evaluation.sandbox.cgroup import CgroupSet, create_cgroups, kill_until_gone
 from cycleqd.evaluation.sandbox.tree import DiskQuota, remove_tree
 from cycleqd.evaluation.sandbox.warden import uid_pids, warden
-
-if TYPE_CHECKING:
-    from cycleqd.evaluation.sandbox.batch import JobOutcome, SandboxJob
 
 LAUNCHER = Path(__file__).with_name("launcher.py")
 SYSTEM_BINDS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
@@ -588,14 +585,6 @@ class Sandbox:
             )
 
     # -- internals ---------------------------------------------------------------------------------
-    def _execute_batch(
-        self, session: SandboxSession, jobs: list[SandboxJob], *, limits: SandboxLimits
-    ) -> list[JobOutcome | None]:
-        """Run a batch in a session's folder (see :func:`~cycleqd.evaluation.sandbox.batch.run_batch`)."""
-        from cycleqd.evaluation.sandbox.batch import execute_batch
-
-        return execute_batch(self, session, jobs, limits=limits)
-
     def _run_env(self, session: SandboxSession, env: Mapping[str, str] | None) -> dict[str, str]:
         return {
             "PATH": PATH,

@@ -13,12 +13,7 @@ from cycleqd.evaluation.tasks.sql import SQLTask
 
 #: Kind name in configs → task class (built as ``Class(name=..., data=..., context=..., **params)``).
 TASK_KINDS: dict[str, type[Task]] = {
-    "exact_match": ExactMatchTask,
-    "python_code": PythonCodeTask,
-    "sql": SQLTask,
-    "shell": ShellTask,
-    "agent": AgentTask,
-    "choice": ChoiceTask,
+    cls.kind: cls for cls in (ExactMatchTask, PythonCodeTask, SQLTask, ShellTask, AgentTask, ChoiceTask)
 }
 
 __all__ = [

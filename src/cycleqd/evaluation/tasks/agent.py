@@ -37,7 +37,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -220,6 +220,8 @@ def parse_action(
 
 class AgentTask(BuiltinTask[AgentParams, Item]):
     """Multi-round episodes in a SQL or shell environment, judged on the final answer or state."""
+
+    kind: ClassVar[str] = "agent"
 
     params_model = AgentParams
     item_model = Item

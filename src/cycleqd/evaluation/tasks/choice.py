@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -54,6 +54,8 @@ class ChoiceItem(Item):
 
 class ChoiceTask(BuiltinTask[ChoiceParams, ChoiceItem]):
     """Multiple choice by the log-likelihood of each option."""
+
+    kind: ClassVar[str] = "choice"
 
     params_model = ChoiceParams
     item_model = ChoiceItem

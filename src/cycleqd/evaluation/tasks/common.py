@@ -215,10 +215,8 @@ class BuiltinTask(Task, Generic[P, I]):
 
     @classmethod
     def kind_name(cls) -> str:
-        """The kind's name in configs."""
-        from cycleqd.evaluation.tasks import TASK_KINDS
-
-        return next((k for k, v in TASK_KINDS.items() if v is cls), cls.__name__)
+        """The kind's name in configs (its ``kind``; a custom class without one: its class name)."""
+        return str(getattr(cls, "kind", cls.__name__))
 
     def _validate_item(self, obj: Mapping[str, Any]) -> I:
         try:

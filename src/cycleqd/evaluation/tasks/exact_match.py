@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 import string
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -95,6 +95,8 @@ def normalize(text: str, steps: list[str]) -> str:
 
 class ExactMatchTask(BuiltinTask[ExactMatchParams, ExactMatchItem]):
     """Prompt → answer, right when the normalised answer equals (or contains) an accepted one."""
+
+    kind: ClassVar[str] = "exact_match"
 
     params_model = ExactMatchParams
     item_model = ExactMatchItem

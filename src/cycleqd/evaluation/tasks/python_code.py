@@ -29,7 +29,7 @@ import ast
 import json
 import secrets
 import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import AliasChoices, Field
 
@@ -103,6 +103,8 @@ class PythonCodeItem(Item):
 
 class PythonCodeTask(BatchedChecks, BuiltinTask[PythonCodeParams, PythonCodeItem]):
     """Code generation judged by running the item's tests in the sandbox."""
+
+    kind: ClassVar[str] = "python_code"
 
     params_model = PythonCodeParams
     item_model = PythonCodeItem

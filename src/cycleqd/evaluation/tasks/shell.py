@@ -16,7 +16,7 @@ process and fresh folder, which is snapshotted inside the sandbox before the nex
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import model_validator
 
@@ -82,6 +82,8 @@ class ShellOutcome:
 
 class ShellTask(BatchedChecks, BuiltinTask[ShellParams, ShellItem]):
     """Shell commands judged by their output and the folder they leave."""
+
+    kind: ClassVar[str] = "shell"
 
     params_model = ShellParams
     item_model = ShellItem

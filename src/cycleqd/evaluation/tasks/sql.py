@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -153,6 +153,8 @@ def reference_of(
 
 class SQLTask(BuiltinTask[SQLParams, SQLItem]):
     """Text-to-SQL judged by executing the answer and the reference in the sandbox."""
+
+    kind: ClassVar[str] = "sql"
 
     params_model = SQLParams
     item_model = SQLItem

@@ -34,9 +34,6 @@ REQUIRED: Any = object()
 KEYWORDS: Mapping[str, str] = {"weight": "weights", "density": "densities", "lambda": "scale"}
 """Config parameter name → function keyword, where they differ."""
 
-BOOL_PARAMETERS = frozenset({"normalize", "rescale", "int8_mask"})
-STR_PARAMETERS: Mapping[str, tuple[str, ...]] = {"consensus": ("sum", "count")}
-
 
 @dataclass(frozen=True)
 class MergeMethod:
@@ -46,11 +43,19 @@ class MergeMethod:
         name: Registry name (mergekit's where mergekit has the method).
         fn: The per-tensor function.
         model_params: Per-model parameters and their defaults (``weight``, ``density``).
-        params: Global parameters and their defaults (:data:`REQUIRED` for none).
+        params: Global parameters and their defaults (:data:`REQUIRED` for none). A parameter's type
+            is its default's: ``true``/``false`` for a boolean default, one of :attr:`choices` for a
+            word, a number (or a gradient of numbers) otherwise and for :data:`REQUIRED`.
+        choices: The words a word-valued parameter may take (``consensus: [sum, count]``).
         needs_base: Whether ``fn`` takes the base tensor (``base=``).
+        base_member: How a merge config's base model is used: ``False`` (most methods), it is the
+            origin of the task vectors, required, and its entry among the models is skipped (as
+            mergekit does); ``True`` (a weighted average), it is one more model of the average, and
+            without one the first model stands in.
         seeded: Whether ``fn`` takes a generator (``generator=``).
         n_models: The exact number of models besides the base, when the method fixes it.
-        ignored: Parameter names accepted for mergekit compatibility that change nothing here.
+        ignored: Parameters accepted for mergekit compatibility that change nothing here, with a
+            default that gives their type.
         summary: One line for listings.
         reference: The paper.
         coefficients: For methods linear in the models, a function of the same parameters (without
@@ -63,13 +68,22 @@ class MergeMethod:
     fn: Callable[..., torch.Tensor]
     model_params: Mapping[str, Any] = field(default_factory=dict)
     params: Mapping[str, Any] = field(default_factory=dict)
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     needs_base: bool = False
+    base_member: bool = False
     seeded: bool = False
     n_models: int | None = None
-    ignored: frozenset[str] = frozenset()
+    ignored: Mapping[str, Any] = field(default_factory=dict)
     summary: str = ""
     reference: str = ""
     coefficients: Callable[..., tuple[float, list[float]]] | None = None
+
+    def default(self, key: str) -> Any:
+        """The default of a parameter (per-model, global or ignored)."""
+        for scope in (self.model_params, self.params, self.ignored):
+            if key in scope:
+                return scope[key]
+        raise KeyError(f"{self.name} has no parameter {key!r}")
 
     @property
     def parameter_names(self) -> list[str]:
@@ -152,7 +166,8 @@ class MergeMethod:
         return kwargs
 
 
-_GTA_IGNORED = frozenset({"int8_mask"})
+_GTA_IGNORED: Mapping[str, Any] = {"int8_mask": False}
+_CONSENSUS = {"consensus": ("sum", "count")}
 
 MERGE_METHODS: dict[str, MergeMethod] = {
     m.name: m
@@ -163,6 +178,7 @@ MERGE_METHODS: dict[str, MergeMethod] = {
             model_params={"weight": 1.0},
             params={"normalize": True},
             needs_base=True,
+            base_member=True,
             coefficients=linear_soup_coefficients,
             summary="weighted average of the models' weights",
             reference="Wortsman et al., Model soups, ICML 2022",
@@ -172,7 +188,7 @@ MERGE_METHODS: dict[str, MergeMethod] = {
             fn=task_arithmetic,
             model_params={"weight": 1.0},
             params={"normalize": False, "lambda": 1.0},
-            ignored=_GTA_IGNORED | {"density", "rescale"},
+            ignored={**_GTA_IGNORED, "density": 1.0, "rescale": True},
             coefficients=task_arithmetic_coefficients,
             summary="λ Σ w_i τ_i",
             reference="Ilharco et al., Editing Models with Task Arithmetic, ICLR 2023",
@@ -182,6 +198,7 @@ MERGE_METHODS: dict[str, MergeMethod] = {
             fn=ties,
             model_params={"weight": 1.0, "density": 1.0},
             params={"normalize": True, "lambda": 1.0, "consensus": "sum"},
+            choices=_CONSENSUS,
             ignored=_GTA_IGNORED,
             summary="trim by magnitude, elect sign, disjoint mean",
             reference="Yadav et al., TIES-Merging, NeurIPS 2023",
@@ -201,6 +218,7 @@ MERGE_METHODS: dict[str, MergeMethod] = {
             fn=dare_ties,
             model_params={"weight": 1.0, "density": 1.0},
             params={"normalize": False, "lambda": 1.0, "rescale": True, "consensus": "sum"},
+            choices=_CONSENSUS,
             seeded=True,
             ignored=_GTA_IGNORED,
             summary="random drop and rescale, then TIES sign election",
@@ -281,18 +299,20 @@ def check_parameter(method: MergeMethod, key: str, value: Any, *, per_model: boo
     Returns:
         A message, or ``None``.
     """
-    allowed = set(method.model_params) | (set() if per_model else set(method.params)) | method.ignored
+    allowed = set(method.model_params) | (set() if per_model else set(method.params)) | set(method.ignored)
     if key not in allowed:
         scope = "per-model parameter" if per_model else "parameter"
         valid = ", ".join(sorted(allowed)) or "none"
         return f"{method.name} has no {scope} {key!r}; valid: {valid}"
+    default = method.default(key)
     for leaf in _leaves(value):
-        if key in BOOL_PARAMETERS:
+        if isinstance(default, bool):
             if not isinstance(leaf, bool):
                 return f"{key} must be true or false, got {leaf!r}"
-        elif key in STR_PARAMETERS:
-            if leaf not in STR_PARAMETERS[key]:
-                return f"{key} must be one of {', '.join(STR_PARAMETERS[key])}, got {leaf!r}"
+        elif isinstance(default, str):
+            words = method.choices.get(key, (default,))
+            if leaf not in words:
+                return f"{key} must be one of {', '.join(words)}, got {leaf!r}"
         elif isinstance(leaf, bool) or not isinstance(leaf, (int, float)):
             return f"{key} must be a number (or a list of numbers for a gradient), got {leaf!r}"
     return None

@@ -1,4 +1,8 @@
-"""The model registry of a run: every model the run has seen, where it came from and how it scored."""
+"""The model registry of a run: every model the run has seen, where it came from and how it scored.
+
+Model ids are made here too (:func:`expert_id`, :func:`child_id`, :func:`seed_id`, :data:`BASE_ID`,
+:data:`AGGREGATE_ID`), so that every part of the engine names models alike.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,24 @@ import enum
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+BASE_ID = "base"
+AGGREGATE_ID = "aggregate"
+
+
+def expert_id(task: str) -> str:
+    """Model id of a task's expert."""
+    return f"expert-{task}"
+
+
+def child_id(generation: int) -> str:
+    """Model id of the child of a generation."""
+    return f"g{generation:06d}"
+
+
+def seed_id(index: int) -> str:
+    """Model id of the ``index``-th seed merge (``init.merges`` in order, then ``init.distill``)."""
+    return f"seed-{index:02d}"
 
 
 class ModelKind(str, enum.Enum):
@@ -128,6 +150,11 @@ class ModelRegistry:
     def of_kind(self, kind: ModelKind) -> list[ModelRecord]:
         """Records of one kind, in insertion order."""
         return [r for r in self._records.values() if r.kind is kind]
+
+    def reference_fingerprints(self) -> dict[str, str]:
+        """Fingerprints of the base and the experts, by model id (they locate the expert SVD caches)."""
+        kinds = (ModelKind.BASE, ModelKind.EXPERT)
+        return {r.id: r.fingerprint or "" for r in self._records.values() if r.kind in kinds}
 
     def to_list(self) -> list[dict[str, Any]]:
         """JSON-ready form."""

@@ -25,14 +25,7 @@ from cycleqd.evaluation.evaluator import Evaluator
 from cycleqd.operators import CrossoverPlan, Mutation, crossover_tensor, draw_crossover, mutate_one
 from cycleqd.operators.blocked import weighted_sum
 from cycleqd.operators.crossover import LINEAR, MergeCrossover, draw_scale
-from cycleqd.operators.mutation import (
-    FactorSummary,
-    LowRank,
-    MutationRecord,
-    NoMutation,
-    SVDExpertMutation,
-    is_mutable,
-)
+from cycleqd.operators.mutation import FactorSummary, LowRank, MutationRecord, is_mutable
 from cycleqd.operators.random import make_generator
 from cycleqd.seeding import derive_seed
 from cycleqd.weights import ModelSource, open_model
@@ -196,9 +189,9 @@ class ChildBuilder:
         parents = [self.parents.get(p) for p in job.parent_paths]
         self._release.refresh()  # parents closed since the last build may have left their addresses
         mutation_seed = derive_seed(job.seed, "mutation")
-        expert = job.active_task if isinstance(self.mutation, SVDExpertMutation) else None
+        expert = job.active_task if self.mutation.uses_expert else None
         # Additive mutations need no τ: θ_child = Σ c_i θ_i + (1 − Σ c_i) θ0 + δ.
-        direct = (self.mutation.additive or isinstance(self.mutation, NoMutation)) and self.merge.is_linear
+        direct = (self.mutation.additive or self.mutation.identity) and self.merge.is_linear
         for name in self.base:
             if not self.base.dtype(name).is_floating_point:
                 yield name, self.base[name]
@@ -209,7 +202,7 @@ class ChildBuilder:
             out_dtype = self.dtype or self.base.dtype(name)
             if direct:
                 low_rank = None
-                if mutable and not isinstance(self.mutation, NoMutation):
+                if mutable and not self.mutation.identity:
                     d, factors = self.mutation.delta(
                         name, inputs[0].shape, generator=make_generator(mutation_seed, name), expert=expert
                     )
@@ -282,7 +275,7 @@ class ChildBuilder:
             mutated=counts["mutated"],
             skipped=counts["skipped"],
             factors=summary.to_record(),
-            expert=job.active_task if isinstance(self.mutation, SVDExpertMutation) else None,
+            expert=job.active_task if self.mutation.uses_expert else None,
         )
         return weights, self.recipe_fingerprint(job, plan), plan, record.to_record()
 
@@ -304,7 +297,7 @@ class ChildBuilder:
         recipe = {
             "parents": list(job.parent_fingerprints) or list(job.parent_paths),
             "seed": job.seed,
-            "expert": job.active_task if isinstance(self.mutation, SVDExpertMutation) else None,
+            "expert": job.active_task if self.mutation.uses_expert else None,
             "crossover": plan.to_record(),
             "mutation": [self.mutation.kind, self.mutation.params()],
             "skip": list(self.skip_patterns),
@@ -316,7 +309,7 @@ class ChildBuilder:
         return hashlib.blake2b(blob, digest_size=16).hexdigest()
 
 
-def validation_scores(results: Mapping[str, Any], tasks: Sequence[str]) -> dict[str, float]:
+def scores_by_task(results: Mapping[str, Any], tasks: Sequence[str]) -> dict[str, float]:
     """Check and extract the score of every task from an evaluation.
 
     Args:
@@ -361,7 +354,7 @@ def execute_job(
         plan_record = plan.to_record()
         t1 = time.perf_counter()
         results = evaluator.evaluate(weights, fingerprint=fingerprint, split="validation")
-        scores = validation_scores(results, list(evaluator.tasks))
+        scores = scores_by_task(results, list(evaluator.tasks))
     except Exception as exc:
         tb = traceback.extract_tb(exc.__traceback__)
         where = f" at {tb[-1].filename}:{tb[-1].lineno}" if tb else ""

@@ -1,19 +1,16 @@
-"""Mutations of a child's task vector (CycleQD, section 3.2 and its ablations).
+"""What every mutation shares: the interface, the records and the functions that apply one.
 
 Each mutation is a class with one method, :meth:`Mutation.mutate_tensor`, applied to every 2-D tensor
 whose name matches none of the skip patterns; 1-D tensors (norms, biases) are never touched and come
 back bit-identical. Every tensor gets its own generator derived from (child seed, tensor name), so the
 result does not depend on the order tensors are visited (streaming) and is reproducible.
 
-- ``svd-expert`` (official code): τ[W] += U_q diag(r ⊙ s_q) V_qᵀ, where U_q s_q V_qᵀ is the SVD of the
-  active task's expert task vector for W, truncated to rank q, and r ~ U[0, ρ) per singular value.
-- ``svd-self`` (paper's formulation): τ[W] = U diag(s ⊙ w) Vᵀ from the SVD of the child's own τ[W], with
-  w ~ U[low, high) per singular value. Computed as τ + U diag(s ⊙ (w − 1)) Vᵀ, which is the same for a
-  full SVD and keeps the unperturbed remainder when a randomized low-rank SVD is used for large matrices.
-- ``gaussian`` (ablation): τ[W] += N(0, σ²) per entry (official code: σ = 3e-4).
-- ``none``: the identity.
-
-A new mutation is one class here plus a line in :data:`MUTATIONS`.
+A mutation declares what the engine needs to know about it, so that nothing outside its own file
+tests its class: its config settings (:attr:`Mutation.Settings`, a pydantic model built into the run
+config's ``mutation`` section), how it is built from them (:meth:`Mutation.from_settings`), whether it
+is additive (:attr:`Mutation.additive`), whether it changes nothing (:attr:`Mutation.identity`),
+whether it reads the active task's expert (:attr:`Mutation.uses_expert`) and which expert SVDs must
+exist before a child is built (:meth:`Mutation.expert_svds`).
 """
 
 from __future__ import annotations
@@ -21,14 +18,15 @@ from __future__ import annotations
 import math
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+from pydantic import BaseModel, ConfigDict
 
 from cycleqd.operators.random import make_generator
-from cycleqd.operators.svd import ExpertSVDCache, randomized_svd, svd
+from cycleqd.operators.svd import ExpertSVDCache
 
 DEFAULT_SKIP_PATTERNS: tuple[str, ...] = ("norm",)
 
@@ -73,6 +71,29 @@ class Mutation(ABC):
 
     kind: ClassVar[str]
     additive: ClassVar[bool] = False
+    #: Changes nothing (its tensors are counted as skipped, and a child needs no task vector).
+    identity: ClassVar[bool] = False
+    #: Reads the active task's expert (the job's active task is passed as ``expert``).
+    uses_expert: ClassVar[bool] = False
+    #: The config settings it takes (fields of the run config's ``mutation`` section).
+    Settings: ClassVar[type[BaseModel]]
+
+    @classmethod
+    @abstractmethod
+    def from_settings(cls, settings: BaseModel, *, context: MutationContext) -> Mutation:
+        """The mutation a config's settings ask for.
+
+        Args:
+            settings: A validated instance of :attr:`Settings`.
+            context: What the run can provide (the expert SVD caches).
+
+        Returns:
+            The mutation.
+        """
+
+    def expert_svds(self) -> Mapping[str, ExpertSVDCache]:
+        """The expert SVD caches that must be complete before a child is built (task → cache)."""
+        return {}
 
     @abstractmethod
     def mutate_tensor(
@@ -123,6 +144,38 @@ class Mutation(ABC):
         return {}
 
 
+class MutationSettings(BaseModel):
+    """Base of every mutation's settings: unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class NoSettings(MutationSettings):
+    """A mutation that takes no settings."""
+
+
+@dataclass(frozen=True)
+class MutationContext:
+    """What a run provides to build mutations.
+
+    Attributes:
+        expert_svds: Rank → the SVD cache of each task's expert task vector at that rank (``None``
+            keeps every singular value); the caches may not be built yet.
+    """
+
+    expert_svds: Callable[[int | None], dict[str, ExpertSVDCache]] | None = None
+
+    def caches(self, rank: int | None) -> dict[str, ExpertSVDCache]:
+        """The experts' SVD caches at ``rank``.
+
+        Raises:
+            ValueError: When the run provides none.
+        """
+        if self.expert_svds is None:
+            raise ValueError("this mutation needs the experts' SVD caches, which this context lacks")
+        return self.expert_svds(rank)
+
+
 class AdditiveMutation(Mutation):
     """A mutation τ' = τ + δ where δ does not depend on τ."""
 
@@ -131,107 +184,6 @@ class AdditiveMutation(Mutation):
     def mutate_tensor(self, name, tau, *, generator, expert=None):  # noqa: D102
         d, factors = self.delta(name, tau.shape, generator=generator, expert=expert, device=tau.device)
         return tau + (d.dense() if isinstance(d, LowRank) else d), factors
-
-
-@dataclass
-class NoMutation(Mutation):
-    """The identity."""
-
-    kind: ClassVar[str] = "none"
-
-    def mutate_tensor(self, name, tau, *, generator, expert=None):  # noqa: D102
-        return tau, None
-
-
-@dataclass
-class GaussianMutation(AdditiveMutation):
-    """τ += N(0, σ²) per entry (ablation; official code σ = 3e-4).
-
-    Args:
-        sigma: Standard deviation σ.
-    """
-
-    kind: ClassVar[str] = "gaussian"
-    sigma: float = 3e-4
-
-    def delta(self, name, shape, *, generator, expert=None, device="cpu"):  # noqa: D102
-        noise = torch.randn(shape, generator=generator, dtype=torch.float32)
-        return noise.mul_(self.sigma).to(device), None
-
-    def params(self):  # noqa: D102
-        return {"sigma": self.sigma}
-
-
-@dataclass
-class SVDExpertMutation(AdditiveMutation):
-    """τ += U_q diag(r ⊙ s_q) V_qᵀ from the active expert's SVD, r ~ U[0, ρ) (official code).
-
-    Args:
-        caches: The SVD cache of each expert, by expert name.
-        rho: Upper bound ρ of the uniform factors (official code 0.1).
-    """
-
-    kind: ClassVar[str] = "svd-expert"
-    caches: Mapping[str, ExpertSVDCache] = field(default_factory=dict)
-    rho: float = 0.1
-
-    def delta(self, name, shape, *, generator, expert=None, device="cpu"):  # noqa: D102
-        if expert is None or expert not in self.caches:
-            raise ValueError(
-                f"svd-expert mutation needs the active expert's SVD cache; got expert={expert!r}, "
-                f"caches for {sorted(self.caches)}"
-            )
-        f = self.caches[expert].get(name)
-        r = torch.rand(f.S.shape, generator=generator, dtype=torch.float32) * self.rho
-        U, s, Vh = f.U.to(device), (r * f.S).to(device), f.Vh.to(device)
-        return LowRank(U * s.unsqueeze(0), Vh), r
-
-    def params(self):  # noqa: D102
-        ranks = {c.rank for c in self.caches.values()}
-        return {"rho": self.rho, "rank": ranks.pop() if len(ranks) == 1 else sorted(map(str, ranks))}
-
-
-@dataclass
-class SVDSelfMutation(Mutation):
-    """τ = U diag(s ⊙ w) Vᵀ from the child's own SVD, w ~ U[low, high) (paper's formulation).
-
-    Args:
-        low: Lower bound of the singular-value factors.
-        high: Upper bound of the singular-value factors.
-        randomized_above: Use a randomized SVD of rank ``rank`` for matrices with more elements than
-            this (``None``: always exact).
-        rank: Rank of the randomized SVD.
-    """
-
-    kind: ClassVar[str] = "svd-self"
-    low: float = 0.9
-    high: float = 1.1
-    randomized_above: int | None = None
-    rank: int = 256
-
-    def mutate_tensor(self, name, tau, *, generator, expert=None):  # noqa: D102
-        if self.randomized_above is not None and tau.numel() > self.randomized_above:
-            f = randomized_svd(tau, rank=self.rank, generator=generator)
-        else:
-            f = svd(tau)
-        w = (
-            torch.rand(f.S.shape, generator=generator, dtype=torch.float32) * (self.high - self.low)
-            + self.low
-        )
-        return tau + f.reconstruct(w.to(f.S.device) - 1.0), w
-
-    def params(self):  # noqa: D102
-        return {
-            "low": self.low,
-            "high": self.high,
-            "randomized_above": self.randomized_above,
-            "rank": self.rank,
-        }
-
-
-MUTATIONS: dict[str, type[Mutation]] = {
-    cls.kind: cls for cls in (SVDExpertMutation, SVDSelfMutation, GaussianMutation, NoMutation)
-}
 
 
 @dataclass
@@ -313,7 +265,7 @@ def mutate_one(
     Returns:
         The (possibly) mutated tensor, the drawn factors or ``None``, and whether it was mutated.
     """
-    if isinstance(mutation, NoMutation) or not is_mutable(name, tau.ndim, skip_patterns):
+    if mutation.identity or not is_mutable(name, tau.ndim, skip_patterns):
         return tau, None, False
     out, factors = mutation.mutate_tensor(name, tau, generator=make_generator(seed, name), expert=expert)
     return out, factors, True
@@ -357,6 +309,6 @@ def mutate(
         mutated=mutated,
         skipped=skipped,
         factors=summary.to_record(),
-        expert=expert if isinstance(mutation, SVDExpertMutation) else None,
+        expert=expert if mutation.uses_expert else None,
     )
     return out, record
