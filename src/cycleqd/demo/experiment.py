@@ -33,8 +33,9 @@ from cycleqd.demo.scoring import Scorer, average
 from cycleqd.demo.settings import ABLATIONS, EVALUATION, DemoSettings
 from cycleqd.demo.skills import SKILLS, SkillSplits
 from cycleqd.engine.choice import Candidate, choose
-from cycleqd.engine.loop import Engine, NullReporter, Reporter
+from cycleqd.engine.loop import Engine
 from cycleqd.engine.model_registry import AGGREGATE_ID, ModelKind, ModelRecord
+from cycleqd.engine.reporting import NullReporter, Reporter
 from cycleqd.engine.state import RunState
 from cycleqd.errors import CycleQDError
 from cycleqd.weights import open_model

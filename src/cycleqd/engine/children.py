@@ -15,7 +15,7 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -30,6 +30,22 @@ from cycleqd.operators.random import make_generator
 from cycleqd.seeding import derive_seed
 from cycleqd.weights import ModelSource, open_model
 from cycleqd.weights.pages import MappedPages
+
+
+class BuiltChild(NamedTuple):
+    """A child built in memory (see :meth:`ChildBuilder.build`).
+
+    Attributes:
+        weights: Its tensors, in the storage dtype.
+        fingerprint: Its recipe fingerprint.
+        plan: The drawn crossover coefficients.
+        mutation: The mutation's record.
+    """
+
+    weights: dict[str, torch.Tensor]
+    fingerprint: str
+    plan: CrossoverPlan
+    mutation: dict[str, Any]
 
 
 @dataclass
@@ -255,14 +271,14 @@ class ChildBuilder:
             del inputs
             yield name, out
 
-    def build(self, job: Job) -> tuple[dict[str, torch.Tensor], str, CrossoverPlan, dict[str, Any]]:
+    def build(self, job: Job) -> BuiltChild:
         """Build a child in memory.
 
         Args:
             job: The job.
 
         Returns:
-            The child's weights, its fingerprint, the crossover plan and the mutation record.
+            The child's weights, fingerprint, crossover plan and mutation record.
         """
         plan = self.plan(job)
         summary = FactorSummary()
@@ -277,7 +293,7 @@ class ChildBuilder:
             factors=summary.to_record(),
             expert=job.active_task if self.mutation.uses_expert else None,
         )
-        return weights, self.recipe_fingerprint(job, plan), plan, record.to_record()
+        return BuiltChild(weights, self.recipe_fingerprint(job, plan), plan, record.to_record())
 
     def recipe_fingerprint(self, job: Job, plan: CrossoverPlan) -> str:
         """A child's fingerprint from what determines its tensors, without hashing them.

@@ -80,7 +80,7 @@ class CycleQDWorker:
         """Build a child again from its job (its first worker died) and write it."""
         from cycleqd.weights import save_model
 
-        weights, _, _, _ = self.builder.build(job)
+        weights = self.builder.build(job).weights
         save_model(weights, path, template=self.builder.base, dtype=self.builder.dtype, durable=self.durable)
         self.builder.recycle(weights)
 
