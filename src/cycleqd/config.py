@@ -13,13 +13,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cycleqd.config_files import check_dtype_name, invalid_message, locate_model, read_mapping
 from cycleqd.config_kinds import KindSection, keyword_settings, kind_section
 from cycleqd.errors import ConfigError
 from cycleqd.evaluation.spec import EvaluationSpec, TaskSpec
 from cycleqd.operators.mutation.registry import MUTATIONS
 from cycleqd.presets import apply_preset
 from cycleqd.qd.selection import SELECTIONS
-from cycleqd.validation import validation_lines
 from cycleqd.weights.source import HUB_PREFIX
 
 
@@ -49,10 +49,8 @@ class ModelsConfig(_Strict):
 
     @field_validator("dtype")
     @classmethod
-    def _dtype(cls, v: str) -> str:
-        if v.lower() not in {"float32", "fp32", "bfloat16", "bf16", "float16", "fp16", "auto"}:
-            raise ValueError("must be one of float32, bfloat16, float16, auto")
-        return v.lower()
+    def _dtype(cls, v: str) -> str | None:
+        return check_dtype_name(v)
 
 
 class ArchiveConfig(_Strict):
@@ -455,43 +453,6 @@ class RunConfig(_Strict):
         return [t.name for t in self.tasks]
 
 
-def format_validation_error(exc: ValidationError, *, source: str) -> str:
-    """The problems of a run config, one line per field.
-
-    Args:
-        exc: The pydantic error.
-        source: The config file, for the message.
-
-    Returns:
-        A readable multi-line message.
-    """
-    lines = validation_lines(exc, model=RunConfig)
-    return "\n".join(
-        [f"{source} is not a valid config ({len(lines)} problem(s)):", *(f"  {ln}" for ln in lines)]
-    )
-
-
-def resolve_path(value: str, root: Path) -> str:
-    """A path relative to the config folder, made absolute.
-
-    Hub ids are written ``hf:org/name`` and left as they are; anything else is a path, so that a
-    missing local folder (``experts/code``) is reported as missing, not looked up on the Hub.
-
-    Args:
-        value: Path or ``hf:`` hub id from the config.
-        root: Folder of the config file.
-
-    Returns:
-        The absolute path, or the hub id.
-    """
-    if value.startswith(HUB_PREFIX):
-        return value
-    p = Path(value).expanduser()
-    if p.is_absolute():
-        return str(p)
-    return str((root / p).resolve())
-
-
 def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Read, resolve and validate a run config.
 
@@ -507,14 +468,7 @@ def load_config(path: str | Path, *, overrides: dict[str, Any] | None = None) ->
             every problem with its field).
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping of fields (models, tasks, generations, ...)")
+    raw = read_mapping(path, fields="models, tasks, generations, ...")
     raw.update(overrides or {})
     return config_from_dict(raw, root=path.resolve().parent, source=str(path))
 
@@ -537,9 +491,11 @@ def config_from_dict(raw: dict[str, Any], *, root: Path, source: str = "config")
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source=source)) from None
-    cfg.models.base = resolve_path(cfg.models.base, root)
-    cfg.models.experts = {k: resolve_path(v, root) for k, v in cfg.models.experts.items()}
+        raise ConfigError(invalid_message(exc, source=source, model=RunConfig)) from None
+    cfg.models.base = locate_model(cfg.models.base, root=root, where="models.base")
+    cfg.models.experts = {
+        k: locate_model(v, root=root, where=f"models.experts.{k}") for k, v in cfg.models.experts.items()
+    }
     if cfg.mutation.svd_cache:
         cfg.mutation.svd_cache = str((root / cfg.mutation.svd_cache).resolve())
     for task in cfg.tasks:

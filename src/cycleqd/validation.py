@@ -45,6 +45,35 @@ def fields_at(model: type[BaseModel], loc: Sequence[Any]) -> list[str]:
     return list(current.model_fields)
 
 
+def _location(loc: Sequence[Any], prefix: str = "") -> str:
+    """``tasks[1].name`` from an error's location under ``prefix``."""
+    out = prefix
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def inline_problems(exc: ValidationError, *, empty: str = "(item)") -> str:
+    """The problems of a small object (a task's params, a data item) on one line, ``; ``-joined.
+
+    Args:
+        exc: The pydantic error.
+        empty: The name of the object itself, for an error about it as a whole.
+
+    Returns:
+        ``field: problem; field: problem``.
+    """
+    parts = []
+    for err in exc.errors():
+        msg = (
+            "unknown option (remove it or check its spelling)"
+            if err["type"] == "extra_forbidden"
+            else str(err["msg"]).removeprefix("Value error, ")
+        )
+        parts.append(f"{_location(err['loc']) or empty}: {msg}")
+    return "; ".join(parts)
+
+
 def validation_lines(
     exc: ValidationError, *, model: type[BaseModel] | None = None, prefix: str = ""
 ) -> list[str]:
@@ -63,9 +92,7 @@ def validation_lines(
     """
     lines = []
     for err in exc.errors():
-        loc = prefix
-        for part in err["loc"]:
-            loc += f"[{part}]" if isinstance(part, int) else (f".{part}" if loc else str(part))
+        loc = _location(err["loc"], prefix)
         msg = str(err["msg"]).removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             valid = fields_at(model, err["loc"]) if model is not None else []

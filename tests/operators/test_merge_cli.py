@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import cycleqd.cli.cmd_merge  # noqa: F401  (registers the command)
 from cycleqd.cli.app import app
 from cycleqd.errors import ConfigError, ModelMismatchError
-from cycleqd.merge_config import load_merge_config, parse_size
+from cycleqd.merging import load_merge_config, parse_size
 from cycleqd.operators.merge import merge_models
 from cycleqd.weights import open_model
 
@@ -225,7 +225,7 @@ def test_load_merge_config_errors(tmp_path):
 
 
 def test_consume_in_background_passes_results_and_errors():
-    from cycleqd.merge_config import consume_in_background
+    from cycleqd.background import consume_in_background
 
     assert consume_in_background(iter(range(100)), sum, depth=2) == sum(range(100))
 
@@ -256,7 +256,7 @@ def test_consume_in_background_passes_results_and_errors():
 
 
 def test_a_failed_merge_leaves_no_output(tiny_models, tmp_path, monkeypatch):
-    import cycleqd.merge_config as mc
+    import cycleqd.merging.run as mc
 
     def broken(*args, **kwargs):
         yield from []

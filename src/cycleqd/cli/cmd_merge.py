@@ -42,7 +42,7 @@ def merge(
     import torch
 
     from cycleqd.errors import ConfigError
-    from cycleqd.merge_config import describe, load_merge_config, parse_size, prepare_merge, run_merge
+    from cycleqd.merging import describe, load_merge_config, parse_size, prepare_merge, run_merge
 
     if threads:
         torch.set_num_threads(threads)

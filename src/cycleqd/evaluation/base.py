@@ -263,8 +263,8 @@ class Task(ABC):
         """
 
 
-class WeightsBackend(Backend):
-    """A backend that only exposes the weights: for models that are not language models."""
+class InMemoryBackend(Backend):
+    """A backend whose model is the weights it was given (held as they are, not copied)."""
 
     def __init__(self) -> None:
         self._weights: Mapping[str, torch.Tensor] | None = None
@@ -283,3 +283,7 @@ class WeightsBackend(Backend):
         if self._weights is None:
             raise RuntimeError("no model loaded; call load() first")
         return self._weights
+
+
+class WeightsBackend(InMemoryBackend):
+    """A backend that only exposes the weights: for models that are not language models."""

@@ -34,9 +34,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from cycleqd.config_files import check_dtype_name, read_mapping
 from cycleqd.errors import ConfigError
 from cycleqd.evaluation.base import SPLITS, Backend, Task, WeightsBackend
 from cycleqd.evaluation.data import load_items
@@ -149,14 +149,8 @@ class EvaluationSpec(BaseModel):
 
     @field_validator("dtype")
     @classmethod
-    def _known_dtype(cls, value: str) -> str:
-        from cycleqd.weights.dtypes import parse_dtype
-
-        try:
-            parse_dtype(value)
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from None
-        return value
+    def _known_dtype(cls, value: str) -> str | None:
+        return check_dtype_name(value)
 
     @field_validator("device")
     @classmethod
@@ -291,14 +285,7 @@ def load_eval_config(path: str | Path) -> tuple[list[TaskSpec], EvaluationSpec, 
         ConfigError: When the file is missing, is not YAML, or its sections are invalid.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections (tasks:, evaluation:, ...)")
+    config = read_mapping(path, fields="tasks, evaluation, ...")
     specs, evaluation = parse_eval_config(config, source=str(path))
     return specs, evaluation, path.resolve().parent
 

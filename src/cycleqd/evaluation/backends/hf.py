@@ -11,8 +11,6 @@ to come from the start (:mod:`~cycleqd.evaluation.backends.kvcache`), so that a 
 
 from __future__ import annotations
 
-import gc
-import hashlib
 import inspect
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,7 +24,8 @@ from cycleqd.evaluation.backends.batching import ModelShape, auto_batch_size, ba
 from cycleqd.evaluation.backends.codec import PromptCodec
 from cycleqd.evaluation.backends.kvcache import roomy_cache
 from cycleqd.evaluation.backends.loading import quiet_progress
-from cycleqd.evaluation.base import Backend, Prompt
+from cycleqd.evaluation.backends.resident import ResidentBackend
+from cycleqd.evaluation.base import Prompt
 from cycleqd.weights.dtypes import dtype_name, parse_dtype
 
 
@@ -50,7 +49,7 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
-class HFBackend(Backend):
+class HFBackend(ResidentBackend):
     """A causal language model from a Hugging Face folder, kept resident.
 
     Args:
@@ -174,23 +173,15 @@ class HFBackend(Backend):
         self._targets = {}
         self._fingerprint = None
         if self.device.type == "cuda":
-            gc.collect()
-            torch.cuda.empty_cache()
-
-    @property
-    def fingerprint(self) -> str | None:  # noqa: D102
-        return self._fingerprint
+            self._free_device_memory()
 
     @property
     def weights(self) -> Mapping[str, torch.Tensor]:  # noqa: D102
         return {name: t.detach() for name, t in self._targets.items()}
 
-    @property
-    def signature(self) -> str:  # noqa: D102
+    def _signature_parts(self) -> tuple[object, ...]:
         template, max_length, vocab, eos = self.codec.signature_parts()
-        parts = (template, dtype_name(self.dtype), max_length, vocab, eos)
-        blob = "|".join(map(str, parts))
-        return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
+        return (template, dtype_name(self.dtype), max_length, vocab, eos)
 
     # -- prompts -----------------------------------------------------------------------------------
     def prompt_text(self, prompt: Prompt) -> str:
@@ -237,8 +228,7 @@ class HFBackend(Backend):
         Returns:
             One completion per prompt, in order.
         """
-        if self._fingerprint is None:
-            raise RuntimeError("no model loaded; call load() first")
+        self._require_model()
         encoded = [self._fit(self.encode(p), max_new_tokens) for p in prompts]
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         outputs: list[str] = [""] * len(encoded)
@@ -339,8 +329,7 @@ class HFBackend(Backend):
         Returns:
             One log-likelihood per pair (0.0 for an empty continuation).
         """
-        if self._fingerprint is None:
-            raise RuntimeError("no model loaded; call load() first")
+        self._require_model()
         seqs: list[tuple[list[int], int]] = []
         for ctx, cont in requests:
             cont_ids = self.codec.continuation_ids(cont)

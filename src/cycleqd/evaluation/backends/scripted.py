@@ -11,10 +11,10 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 
 from cycleqd.evaluation.backends.prompting import cut_at_stop, last_user_text
-from cycleqd.evaluation.base import Backend, Prompt
+from cycleqd.evaluation.base import InMemoryBackend, Prompt
 
 
-class ScriptedBackend(Backend):
+class ScriptedBackend(InMemoryBackend):
     """Answers prompts from a script.
 
     Args:
@@ -36,28 +36,16 @@ class ScriptedBackend(Backend):
         loglikelihood: Callable[[Prompt, str], float] | None = None,
         default: str = "",
     ) -> None:
+        super().__init__()
         self._respond = respond
         self._ll = loglikelihood
         self._default = default
-        self._fingerprint: str | None = None
-        self._weights: Mapping[str, torch.Tensor] | None = None
         self.calls: list[list[Prompt]] = []
         self.loads: list[str] = []
 
     def load(self, weights: Mapping[str, torch.Tensor], *, fingerprint: str) -> None:  # noqa: D102
-        self._weights = weights
-        self._fingerprint = fingerprint
+        super().load(weights, fingerprint=fingerprint)
         self.loads.append(fingerprint)
-
-    @property
-    def fingerprint(self) -> str | None:  # noqa: D102
-        return self._fingerprint
-
-    @property
-    def weights(self) -> Mapping[str, torch.Tensor]:  # noqa: D102
-        if self._weights is None:
-            raise RuntimeError("no model loaded; call load() first")
-        return self._weights
 
     def answer(self, prompt: Prompt) -> str:
         """The scripted answer to one prompt (before stop strings)."""

@@ -14,8 +14,6 @@ of their kernels.
 
 from __future__ import annotations
 
-import gc
-import hashlib
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -26,7 +24,8 @@ import torch
 
 from cycleqd.errors import ConfigError
 from cycleqd.evaluation.backends.codec import PromptCodec
-from cycleqd.evaluation.base import Backend, Prompt
+from cycleqd.evaluation.backends.resident import ResidentBackend
+from cycleqd.evaluation.base import Prompt
 from cycleqd.weights.dtypes import dtype_name, parse_dtype
 
 
@@ -41,7 +40,7 @@ def vllm_unavailable_reason() -> str | None:
     return None
 
 
-class VLLMBackend(Backend):
+class VLLMBackend(ResidentBackend):
     """A causal language model served by a vLLM engine in this process.
 
     Args:
@@ -163,25 +162,17 @@ class VLLMBackend(Backend):
                 stacklevel=2,
             )
         del llm
-        gc.collect()
-        torch.cuda.empty_cache()
+        self._free_device_memory()
 
-    @property
-    def fingerprint(self) -> str | None:  # noqa: D102
-        return self._fingerprint
-
-    @property
-    def signature(self) -> str:  # noqa: D102
-        blob = "|".join(map(str, ("vllm", *self.codec.signature_parts(), self.dtype)))
-        return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
+    def _signature_parts(self) -> tuple[object, ...]:
+        return ("vllm", *self.codec.signature_parts(), self.dtype)
 
     # -- generation --------------------------------------------------------------------------------
     def generate(
         self, prompts: Sequence[Prompt], *, max_new_tokens: int, stop: Sequence[str] = ()
     ) -> list[str]:
         """Greedy completions, cut before the first stop string (decoded as the HF backend does)."""
-        if self._fingerprint is None:
-            raise RuntimeError("no model loaded; call load() first")
+        self._require_model()
         from vllm import SamplingParams
 
         params = SamplingParams(
@@ -196,8 +187,7 @@ class VLLMBackend(Backend):
 
     def loglikelihood(self, requests: Sequence[tuple[Prompt, str]]) -> list[float]:
         """Sum of log-probabilities of each continuation after its context (prompt log-probs)."""
-        if self._fingerprint is None:
-            raise RuntimeError("no model loaded; call load() first")
+        self._require_model()
         from vllm import SamplingParams
 
         seqs = []

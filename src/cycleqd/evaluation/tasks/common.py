@@ -18,6 +18,7 @@ from cycleqd.errors import ConfigError
 from cycleqd.evaluation.base import SPLIT_NAMES, SPLITS, Backend, ItemResult, Prompt, Task, TaskResult
 from cycleqd.evaluation.sandbox import Sandbox, SandboxLimits
 from cycleqd.evaluation.tasks.memo import REFERENCES, VERDICTS
+from cycleqd.validation import inline_problems
 
 
 @dataclass
@@ -98,20 +99,6 @@ P = TypeVar("P", bound=Params)
 I = TypeVar("I", bound=Item)  # noqa: E741 - the conventional name for an item type variable
 A = TypeVar("A")
 R = TypeVar("R")
-
-
-def format_errors(exc: ValidationError) -> str:
-    """``field: problem`` for each error of a validation, joined with ``; ``."""
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(item)"
-        msg = (
-            "unknown option (remove it or check its spelling)"
-            if err["type"] == "extra_forbidden"
-            else err["msg"]
-        )
-        parts.append(f"{loc}: {msg.removeprefix('Value error, ')}")
-    return "; ".join(parts)
 
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)(?:```|\Z)", re.DOTALL)
@@ -201,7 +188,9 @@ class BuiltinTask(Task, Generic[P, I]):
         try:
             self.params: P = self.params_model.model_validate(params)  # type: ignore[assignment]
         except ValidationError as exc:
-            raise ConfigError(f"task {name} ({self.kind_name()}): bad params: {format_errors(exc)}") from None
+            raise ConfigError(
+                f"task {name} ({self.kind_name()}): bad params: {inline_problems(exc)}"
+            ) from None
         self._items: dict[str, list[I]] = {}
         for split in SPLITS:
             raw = list(data.get(split, []))
@@ -224,7 +213,7 @@ class BuiltinTask(Task, Generic[P, I]):
         except ValidationError as exc:
             raise ConfigError(
                 f"task {self.name}: item {obj.get('id')!r} ({obj.get('split')}) is invalid: "
-                f"{format_errors(exc)}"
+                f"{inline_problems(exc)}"
             ) from None
         return item  # type: ignore[return-value]
 

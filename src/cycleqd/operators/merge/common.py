@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -68,3 +68,36 @@ def polar_factor(matrix: torch.Tensor) -> torch.Tensor:
     """
     p, _, qh = torch.linalg.svd(matrix, full_matrices=False)
     return p @ qh
+
+
+def matrix_merge(
+    method: str,
+    taus: Sequence[torch.Tensor],
+    weights: Sequence[float] | None,
+    scale: float,
+    merge_matrices: Callable[[Sequence[torch.Tensor], list[float]], torch.Tensor],
+) -> torch.Tensor:
+    """The frame of the SVD methods: matrices through ``merge_matrices``, other tensors averaged, × α.
+
+    Tensors that are not matrices (norms, biases) get τ = (1/T) Σ_i w_i Δ_i, as the papers' code does;
+    the result is multiplied by ``scale`` (α).
+
+    Args:
+        method: The method's name, for messages.
+        taus: Task vectors of one tensor, one per model.
+        weights: Optional weight per model (default 1).
+        scale: α.
+        merge_matrices: The method's merge of matrices (task vectors and weights → a new tensor).
+
+    Returns:
+        The merged task vector (float32).
+
+    Raises:
+        ValueError: On mismatched inputs.
+    """
+    check_inputs(method, taus, weights=weights)
+    w = weights_or_ones(weights, len(taus))
+    out = weighted_mean(taus, w) if taus[0].ndim != 2 else merge_matrices(taus, w)
+    if scale != 1.0:
+        out.mul_(scale)
+    return out

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from cycleqd.operators.merge.common import check_inputs, polar_factor, weighted_mean, weights_or_ones
+from cycleqd.operators.merge.common import matrix_merge, polar_factor
 
 
 def _weighted_sum(taus: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
@@ -45,16 +45,12 @@ def iso_c(
     Raises:
         ValueError: On mismatched inputs.
     """
-    check_inputs("iso_c", taus, weights=weights)
-    w = weights_or_ones(weights, len(taus))
-    if taus[0].ndim != 2:
-        out = weighted_mean(taus, w)
-    else:
-        u, s, vh = torch.linalg.svd(_weighted_sum(taus, w), full_matrices=False)
-        out = (u * s.mean()) @ vh
-    if scale != 1.0:
-        out.mul_(scale)
-    return out
+
+    def flat(mats: Sequence[torch.Tensor], w: list[float]) -> torch.Tensor:
+        u, s, vh = torch.linalg.svd(_weighted_sum(mats, w), full_matrices=False)
+        return (u * s.mean()) @ vh
+
+    return matrix_merge("iso_c", taus, weights, scale, flat)
 
 
 def iso_cts(
@@ -92,22 +88,19 @@ def iso_cts(
     Raises:
         ValueError: On mismatched inputs or a fraction outside [0, 1].
     """
-    check_inputs("iso_cts", taus, weights=weights)
     if not 0.0 <= common_space_fraction <= 1.0:
         raise ValueError(f"common_space_fraction must be in [0, 1], got {common_space_fraction}")
-    w = weights_or_ones(weights, len(taus))
-    if taus[0].ndim != 2:
-        out = weighted_mean(taus, w)
-    else:
-        n_tasks = len(taus)
-        r = min(taus[0].shape)
+
+    def common_and_specific(mats: Sequence[torch.Tensor], w: list[float]) -> torch.Tensor:
+        n_tasks = len(mats)
+        r = min(mats[0].shape)
         per_task = round((r - int(r * common_space_fraction)) / n_tasks)
         k = max(0, r - per_task * n_tasks)
-        u, s, vh = torch.linalg.svd(_weighted_sum(taus, w), full_matrices=False)
+        u, s, vh = torch.linalg.svd(_weighted_sum(mats, w), full_matrices=False)
         us, ss, vhs = [u[:, :k]], [s[:k]], [vh[:k]]
         common = u[:, :k]
         if per_task > 0:
-            for t, wi in zip(taus, w, strict=True):
+            for t, wi in zip(mats, w, strict=True):
                 d = t.float() * wi
                 specific = d - common @ (common.T @ d)
                 u_i, s_i, vh_i = torch.linalg.svd(specific, full_matrices=False)
@@ -115,7 +108,6 @@ def iso_cts(
                 ss.append(s_i[:per_task])
                 vhs.append(vh_i[:per_task])
         sigma = torch.cat(ss).mean()
-        out = (polar_factor(torch.cat(us, dim=1)) * sigma) @ polar_factor(torch.cat(vhs, dim=0))
-    if scale != 1.0:
-        out.mul_(scale)
-    return out
+        return (polar_factor(torch.cat(us, dim=1)) * sigma) @ polar_factor(torch.cat(vhs, dim=0))
+
+    return matrix_merge("iso_cts", taus, weights, scale, common_and_specific)

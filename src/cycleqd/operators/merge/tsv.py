@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from cycleqd.operators.merge.common import check_inputs, polar_factor, weighted_mean, weights_or_ones
+from cycleqd.operators.merge.common import matrix_merge, polar_factor
 
 
 def tsv_m(
@@ -33,32 +33,27 @@ def tsv_m(
     extension; all 1 in the paper) multiply each Δ_i first.
 
     Args:
-        taus: Task vectors of one tensor, one per model.
-        weights: Optional weight per model (default 1).
-        scale: α, multiplies the merged task vector.
+        taus: Task vectors Δ_i of one tensor, one per task.
+        weights: Weight w_i of each task (default 1).
+        scale: α.
 
     Returns:
-        The merged task vector (float32).
+        τ (float32).
 
     Raises:
-        ValueError: On mismatched inputs.
+        ValueError: When the task vectors differ in shape or the weights in number.
     """
-    check_inputs("tsv_m", taus, weights=weights)
-    w = weights_or_ones(weights, len(taus))
-    if taus[0].ndim != 2:
-        out = weighted_mean(taus, w)
-    else:
-        r = min(taus[0].shape)
-        k = max(1, r // len(taus))
+
+    def decorrelated(mats: Sequence[torch.Tensor], w: list[float]) -> torch.Tensor:
+        k = max(1, min(mats[0].shape) // len(mats))
         us, ss, vhs = [], [], []
-        for t, wi in zip(taus, w, strict=True):
+        for t, wi in zip(mats, w, strict=True):
             u, s, vh = torch.linalg.svd(t.float() * wi, full_matrices=False)
             us.append(u[:, :k])
             ss.append(s[:k])
             vhs.append(vh[:k])
         u_perp = polar_factor(torch.cat(us, dim=1))
         vh_perp = polar_factor(torch.cat(vhs, dim=0))
-        out = (u_perp * torch.cat(ss).unsqueeze(0)) @ vh_perp
-    if scale != 1.0:
-        out.mul_(scale)
-    return out
+        return (u_perp * torch.cat(ss).unsqueeze(0)) @ vh_perp
+
+    return matrix_merge("tsv_m", taus, weights, scale, decorrelated)
