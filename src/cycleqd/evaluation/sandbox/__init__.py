@@ -4,15 +4,14 @@ See ``docs/sandbox.md`` for what is isolated with and without root.
 """
 
 from cycleqd.evaluation.sandbox.batch import JobOutcome, SandboxJob, batch_unavailable, run_alone, run_batch
-from cycleqd.evaluation.sandbox.core import (
+from cycleqd.evaluation.sandbox.core import Sandbox, SandboxSession
+from cycleqd.evaluation.sandbox.folder import write_files
+from cycleqd.evaluation.sandbox.limits import (
     ISOLATION_NAMES,
     IsolationReport,
-    Sandbox,
     SandboxLimits,
     SandboxResult,
-    SandboxSession,
     SandboxUnavailableError,
-    write_files,
 )
 
 __all__ = [

@@ -28,17 +28,11 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from cycleqd.evaluation.sandbox.core import (
-    _UID_RANGE,
-    Launched,
-    Sandbox,
-    SandboxLimits,
-    SandboxResult,
-    SandboxSession,
-    _kill_uid,
-    _safe_relpath,
-)
+from cycleqd.evaluation.sandbox.core import Sandbox, SandboxSession
+from cycleqd.evaluation.sandbox.folder import _UID_RANGE, _kill_uid, _safe_relpath
+from cycleqd.evaluation.sandbox.limits import SandboxLimits, SandboxResult
 from cycleqd.evaluation.sandbox.tree import snapshot
+from cycleqd.evaluation.sandbox.watch import Launched
 
 IN_FRAME = struct.Struct(">III")
 OUT_FRAME = struct.Struct(">IIII")

@@ -10,11 +10,8 @@ watches the clock and the output; the launcher does the isolation (see its docst
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
-import selectors
-import signal
 import stat
 import subprocess
 import sys
@@ -22,270 +19,27 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Literal
 
-from cycleqd.errors import CycleQDError
-from cycleqd.evaluation.sandbox.cgroup import CgroupSet, create_cgroups, kill_until_gone
-from cycleqd.evaluation.sandbox.tree import DiskQuota, remove_tree
-from cycleqd.evaluation.sandbox.warden import uid_pids, warden
+from cycleqd.evaluation.sandbox.cgroup import CgroupSet, create_cgroups
+from cycleqd.evaluation.sandbox.folder import _UID_RANGE, _chown_tree, _kill_uid, _safe_relpath, write_files
+from cycleqd.evaluation.sandbox.limits import (
+    IsolationReport,
+    SandboxLimits,
+    SandboxResult,
+    SandboxUnavailableError,
+)
+from cycleqd.evaluation.sandbox.tree import remove_tree
+from cycleqd.evaluation.sandbox.warden import warden
+from cycleqd.evaluation.sandbox.watch import Launched, RunWatch
 
 LAUNCHER = Path(__file__).with_name("launcher.py")
 SYSTEM_BINDS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
 PATH = "/usr/local/bin:/usr/bin:/bin"
-_UID_RANGE = (1_800_000_000, 1_900_000_000)
-_GRACE_S = 0.2
 #: Seconds a launcher outlives its run's limits before it kills its sandbox itself (should the
 #: evaluating process, which enforces them, hang or be stopped).
 LAUNCHER_MARGIN_S = 5.0
-
-#: What each isolation name in :attr:`SandboxResult.isolation` means.
-ISOLATION_NAMES: dict[str, str] = {
-    "session": "own session and process group, killed as a whole",
-    "rlimits": "limits on CPU time, address space, processes, file size and open files",
-    "scrubbed-env": "minimal environment (PATH, LANG, HOME, TMPDIR), nothing inherited",
-    "private-folder": "fresh temporary working folder and HOME",
-    "cgroup-pids": "cgroup cap on the number of processes of the whole sandbox",
-    "cgroup-memory": "cgroup cap on the memory of the whole sandbox",
-    "userns": "user namespace (how an unprivileged user gets the other namespaces)",
-    "netns": "network namespace without interfaces: no network, not even the host's loopback",
-    "pidns": "PID namespace: host processes invisible, everything dies with the sandbox",
-    "ipcns": "IPC namespace (no shared memory or message queues with the host)",
-    "utsns": "UTS namespace (host name changes stay inside)",
-    "minimal-root": "only system folders and the Python installation visible; private /tmp and /dev",
-    "readonly-fs": "every mount read-only (and nosuid) except the working folder and /tmp",
-    "procfs": "fresh read-only /proc showing only the sandbox's processes",
-    "no-capabilities": "empty capability bounding set and no_new_privs",
-    "unprivileged-uid": "runs as a throwaway uid (when started as root)",
-}
-
-
-class SandboxUnavailableError(CycleQDError):
-    """The isolation the configuration requires is not available on this machine."""
-
-
-@dataclass
-class Launched:
-    """A started launcher.
-
-    Attributes:
-        proc: The launcher process (leader of its own session).
-        report_r: Read end of its report pipe.
-        cgroups: The cgroups it joined (removed by the caller when done).
-        notes: Notes from making the cgroups.
-        start: ``time.monotonic()`` just before it started.
-        token: The warden's registration of its process group and cgroups.
-    """
-
-    proc: subprocess.Popen[bytes]
-    report_r: int
-    cgroups: CgroupSet
-    notes: list[str]
-    start: float
-    token: str
-
-    def reap(self) -> None:
-        """Kill the launcher's process group and wait for the launcher (whose group id is then free)."""
-        # The launcher is at worst a zombie until the wait below (never reaped before), so its process
-        # group id cannot have been reused: killing the group is safe, and so is the warden's copy.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.cgroups.kill_all()
-        warden().release(self.token, "pgid")
-        self.proc.wait()
-
-    def remove_cgroups(self) -> None:
-        """Kill what is left in the cgroups and delete them."""
-        self.cgroups.remove()
-        warden().release(self.token)
-
-
-@dataclass(frozen=True)
-class SandboxLimits:
-    """Resource limits of one sandboxed run.
-
-    Attributes:
-        wall_s: Wall-clock seconds before the whole sandbox is killed.
-        cpu_s: CPU seconds per process (SIGXCPU, then SIGKILL one second later).
-        memory_mb: Address space per process, and memory of the whole sandbox where a memory cgroup
-            can be made.
-        max_processes: Processes and threads alive at once.
-        max_file_mb: Largest file a process may write.
-        disk_mb: Most the sandbox's folder may hold, all files together (each entry counts its blocks
-            and 1 KB); a run that writes more is killed (checked every 0.1 s, so it may overshoot by
-            what it writes in that time, under ``max_file_mb`` per file).
-        max_open_files: Open file descriptors per process.
-        max_output_kb: Stdout and stderr kept each; the rest is dropped (and flagged).
-        tmp_mb: Size of the private ``/tmp``.
-        network: Allow network access (off: the sandbox gets its own empty network namespace).
-    """
-
-    wall_s: float = 10.0
-    cpu_s: float = 10.0
-    memory_mb: int = 1024
-    max_processes: int = 64
-    max_file_mb: int = 16
-    disk_mb: int = 64
-    max_open_files: int = 256
-    max_output_kb: int = 1024
-    tmp_mb: int = 64
-    network: bool = False
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name != "network" and not value > 0:
-                raise ValueError(f"sandbox limit {f.name} must be positive, got {value!r}")
-
-    def replace(self, **changes: object) -> SandboxLimits:
-        """A copy with some limits changed (``None`` values are ignored)."""
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-    def rlimits(self) -> dict[str, object]:
-        """The ``setrlimit`` values the launcher applies."""
-        cpu = max(1, round(self.cpu_s))
-        return {
-            "CPU": [cpu, cpu + 1],
-            "AS": self.memory_mb * 1024 * 1024,
-            "NPROC": self.max_processes,
-            "FSIZE": self.max_file_mb * 1024 * 1024,
-            "NOFILE": self.max_open_files,
-            "CORE": 0,
-        }
-
-
-@dataclass(frozen=True)
-class SandboxResult:
-    """What a sandboxed program did.
-
-    Attributes:
-        returncode: Exit status (negative: killed by that signal); ``None`` if it never finished.
-        stdout: Standard output (UTF-8, undecodable bytes replaced), at most ``max_output_kb``.
-        stderr: Standard error, likewise.
-        timed_out: Killed at the wall-clock limit.
-        output_truncated: Some output was dropped.
-        wall_s: Seconds from start to end.
-        cpu_s: CPU seconds used by the program's main process, when known.
-        max_rss_kb: Peak resident memory of the main process, when known.
-        isolation: Names of the isolation features that took effect (see :data:`ISOLATION_NAMES`).
-        notes: Why some features did not take effect.
-        disk_exceeded: Killed because its folder held more than the disk quota (``disk_mb``).
-    """
-
-    returncode: int | None
-    stdout: str
-    stderr: str
-    timed_out: bool
-    output_truncated: bool
-    wall_s: float
-    cpu_s: float | None = None
-    max_rss_kb: int | None = None
-    isolation: frozenset[str] = frozenset()
-    notes: tuple[str, ...] = ()
-    disk_exceeded: bool = False
-
-    @property
-    def stopped(self) -> bool:
-        """Killed by a limit of the sandbox as a whole (the wall clock or the disk quota)."""
-        return self.timed_out or self.disk_exceeded
-
-    @property
-    def ok(self) -> bool:
-        """Finished in time with exit status 0, within the disk quota."""
-        return not self.stopped and self.returncode == 0
-
-    def failure(self) -> str | None:
-        """A one-line reason why the run failed, ``None`` when it succeeded."""
-        if self.ok:
-            return None
-        if self.disk_exceeded:
-            return "wrote more than the sandbox's disk quota (evaluation.sandbox.disk_mb; it was killed)"
-        if self.timed_out:
-            return f"timed out after {self.wall_s:.1f} s (the sandbox was killed)"
-        code = self.returncode
-        if code is None:
-            return "did not finish"
-        if code < 0:
-            return _signal_reason(-code)
-        tail = self.stderr.strip().splitlines()
-        last = tail[-1] if tail else ""
-        if "MemoryError" in last:
-            return "ran out of memory (MemoryError at the memory limit)"
-        if code == 127 and last.startswith("sandbox: cannot start"):
-            return last.removeprefix("sandbox: ")
-        return f"exit status {code}" + (f": {last[:300]}" if last else "")
-
-
-def _signal_reason(sig: int) -> str:
-    reasons = {
-        signal.SIGXCPU: "CPU time limit exceeded",
-        signal.SIGXFSZ: "file size limit exceeded",
-        signal.SIGKILL: "killed (SIGKILL: CPU time or memory limit)",
-        signal.SIGSEGV: "crashed (segmentation fault)",
-        signal.SIGABRT: "aborted",
-    }
-    try:
-        name = signal.Signals(sig).name
-    except ValueError:
-        name = f"signal {sig}"
-    return reasons.get(sig, f"killed by {name}")
-
-
-@dataclass(frozen=True)
-class IsolationReport:
-    """Which isolation features work on this machine (from a probe run).
-
-    Attributes:
-        active: Names of the features that took effect.
-        notes: Why others did not.
-    """
-
-    active: frozenset[str]
-    notes: tuple[str, ...] = ()
-
-    def describe(self) -> list[str]:
-        """One line per feature: ``name: meaning``."""
-        return [f"{name}: {ISOLATION_NAMES.get(name, name)}" for name in sorted(self.active)]
-
-
-def _safe_relpath(name: str) -> PurePosixPath:
-    p = PurePosixPath(name)
-    if p.is_absolute() or not p.parts or any(part in ("..", "") for part in p.parts) or name.endswith("/"):
-        raise ValueError(
-            f"file name {name!r} must be a relative path inside the working folder, without '..'"
-        )
-    return p
-
-
-def write_files(folder: Path, files: Mapping[str, str | bytes]) -> None:
-    """Create files (and their folders) under ``folder``.
-
-    Args:
-        folder: Destination folder.
-        files: Relative path → text (UTF-8) or bytes.
-
-    Raises:
-        ValueError: For an absolute path or one that leaves the folder.
-    """
-    for name, content in files.items():
-        rel = _safe_relpath(name)
-        path = folder.joinpath(*rel.parts)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = content.encode() if isinstance(content, str) else bytes(content)
-        path.write_bytes(data)
-
-
-def _chown_tree(folder: Path, uid: int, gid: int) -> None:
-    os.chown(folder, uid, gid)
-    for dirpath, dirnames, filenames in os.walk(folder):
-        for n in dirnames + filenames:
-            os.chown(os.path.join(dirpath, n), uid, gid, follow_symlinks=False)
-
-
-def _kill_uid(uid: int) -> None:
-    """SIGKILL every process running as ``uid`` (a throwaway uid owned by one sandbox only)."""
-    kill_until_gone(lambda: uid_pids(uid), timeout=0.5)
 
 
 class SandboxSession:
@@ -692,138 +446,6 @@ class Sandbox:
             raise ValueError("argv must name a program")
         run = self._launch(session, argv, stdin=stdin is not None, limits=limits, env=env)
         try:
-            return self._watch(run, stdin, limits, session)
+            return RunWatch(run, limits, root=session.root, uid=session.uid).result(stdin)
         finally:
             run.remove_cgroups()
-
-    def _watch(
-        self, run: Launched, stdin: str | bytes | None, limits: SandboxLimits, session: SandboxSession
-    ) -> SandboxResult:
-        proc, report_r, start, notes = run.proc, run.report_r, run.start, run.notes
-        assert proc.stdout is not None
-        assert proc.stderr is not None
-        if stdin is not None:
-            data = stdin.encode() if isinstance(stdin, str) else stdin
-            threading.Thread(target=_feed, args=(proc, data), daemon=True).start()
-        cap = limits.max_output_kb * 1024
-        buffers: dict[int, bytearray] = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
-        report = bytearray()
-        truncated = False
-        sel = selectors.DefaultSelector()
-        for fd in (*buffers, report_r):
-            os.set_blocking(fd, False)
-            sel.register(fd, selectors.EVENT_READ)
-        deadline = start + limits.wall_s
-        exited_at: float | None = None
-        timed_out = disk_exceeded = False
-        quota = DiskQuota(session.root, limits.disk_mb * 1024 * 1024, start=start)
-
-        def drain(timeout: float) -> None:
-            nonlocal truncated
-            for key, _ in sel.select(timeout):
-                fd = key.fd
-                try:
-                    chunk = os.read(fd, 65536)
-                except BlockingIOError:
-                    continue
-                if not chunk:
-                    sel.unregister(fd)
-                    continue
-                if fd == report_r:
-                    report.extend(chunk[: 65536 - len(report)])
-                    continue
-                room = cap - len(buffers[fd])
-                if len(chunk) > room:
-                    truncated = True
-                buffers[fd].extend(chunk[: max(room, 0)])
-
-        try:
-            while True:
-                now = time.monotonic()
-                if now >= deadline:
-                    timed_out = True
-                    break
-                if quota.due_and_exceeded(now):
-                    disk_exceeded = True
-                    break
-                if sel.get_map():
-                    drain(min(0.05, deadline - now))
-                else:
-                    time.sleep(min(0.01, deadline - now))
-                if exited_at is None and _has_exited(proc.pid):
-                    exited_at = time.monotonic()
-                if exited_at is not None and (not sel.get_map() or time.monotonic() - exited_at > _GRACE_S):
-                    break
-            # What it wrote since the last measurement counts too.
-            disk_exceeded = disk_exceeded or (not timed_out and quota.exceeded())
-        finally:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            run.cgroups.kill_all()
-            if session.uid is not None:
-                _kill_uid(session.uid)
-            end = time.monotonic()
-            grace_end = end + _GRACE_S
-            while sel.get_map() and time.monotonic() < grace_end:
-                drain(0.02)
-            sel.close()
-            run.reap()
-            for stream in (proc.stdout, proc.stderr):
-                stream.close()
-            if proc.stdin is not None:
-                with contextlib.suppress(OSError):
-                    proc.stdin.close()
-            os.close(report_r)
-
-        isolation: set[str] = set()
-        stopped = timed_out or disk_exceeded
-        code: int | None = None if stopped else proc.returncode
-        cpu_s = rss = None
-        program_exit = False
-        for line in report.decode(errors="replace").splitlines():
-            try:
-                msg = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            for part in ("launcher", "child"):
-                if part in msg:
-                    isolation.update(msg[part].get("isolation", []))
-                    notes.extend(msg[part].get("notes", []))
-            if "exit" in msg and not stopped:
-                code = msg["exit"]["code"]
-                cpu_s = msg["exit"].get("cpu_s")
-                rss = msg["exit"].get("maxrss_kb")
-                program_exit = True
-            if "launcher_exit" in msg and not stopped and not program_exit:
-                code = msg["launcher_exit"]["code"]
-        out, err = (bytes(b).decode("utf-8", errors="replace") for b in buffers.values())
-        return SandboxResult(
-            returncode=code,
-            stdout=out,
-            stderr=err,
-            timed_out=timed_out,
-            output_truncated=truncated,
-            wall_s=end - start,
-            cpu_s=cpu_s,
-            max_rss_kb=rss,
-            isolation=frozenset(isolation),
-            notes=tuple(notes),
-            disk_exceeded=disk_exceeded,
-        )
-
-
-def _feed(proc: subprocess.Popen[bytes], data: bytes) -> None:
-    assert proc.stdin is not None
-    with contextlib.suppress(OSError):
-        proc.stdin.write(data)
-    with contextlib.suppress(OSError):
-        proc.stdin.close()
-
-
-def _has_exited(pid: int) -> bool:
-    """Whether the child has exited, without reaping it (its pid stays reserved)."""
-    try:
-        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-    except ChildProcessError:
-        return True
-    return info is not None
