@@ -12,7 +12,7 @@ import json
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -78,6 +78,20 @@ def distill_refusal(cfg: RunConfig, tasks: Sequence[Task], base: ModelSource) ->
     return reason
 
 
+class StartedArchives(NamedTuple):
+    """What :meth:`RunStart.archives` made.
+
+    Attributes:
+        archives: The archives, holding the experts and the seeds they kept.
+        registry: Every model scored so far.
+        fingerprints: The fingerprint of the base and of each expert, by model id.
+    """
+
+    archives: ArchiveSet
+    registry: ModelRegistry
+    fingerprints: dict[str, str]
+
+
 @dataclass
 class RunStart:
     """Fills the archives of a new run.
@@ -102,11 +116,11 @@ class RunStart:
     reporter: Reporter
     distill_skipped: str | None = None
 
-    def archives(self) -> tuple[ArchiveSet, ModelRegistry, dict[str, str]]:
+    def archives(self) -> StartedArchives:
         """Check the models, score the base and experts, make the archives and offer the seeds.
 
         Returns:
-            The archives, the registry and the fingerprint of the base and of each expert.
+            The archives, the registry and the fingerprints of the base and experts.
 
         Raises:
             NoSignalError: When every expert scores 0 on every task and ``stop_without_signal`` is on.
@@ -174,7 +188,7 @@ class RunStart:
             if archives.refcount(rec.id) == 0:
                 rec.status = ModelStatus.RELEASED
         self._seed_merges(archives, registry, experts)
-        return archives, registry, {k: v.fingerprint for k, v in scans.items()}
+        return StartedArchives(archives, registry, {k: v.fingerprint for k, v in scans.items()})
 
     def _seed_merges(
         self, archives: ArchiveSet, registry: ModelRegistry, experts: Mapping[str, ModelSource]

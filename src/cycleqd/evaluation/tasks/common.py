@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from cycleqd.errors import ConfigError
 from cycleqd.evaluation.base import SPLIT_NAMES, SPLITS, Backend, ItemResult, Prompt, Task, TaskResult
 from cycleqd.evaluation.sandbox import Sandbox, SandboxLimits
-from cycleqd.evaluation.tasks.memo import REFERENCES, VERDICTS
+from cycleqd.evaluation.tasks.memo import PROCESS_MEMOS, Memos
 from cycleqd.validation import inline_problems
 
 
@@ -29,11 +29,14 @@ class TaskContext:
         sandbox: Where model-written programs run.
         max_new_tokens: Default answer length when a task sets none.
         workers: Sandboxed checks run in parallel.
+        memos: Verdicts and prepared references, shared by tasks with the same signature (default:
+            the process's, so that the runs of one process judge an answer once and alike).
     """
 
     sandbox: Sandbox = field(default_factory=Sandbox)
     max_new_tokens: int = 512
     workers: int = 4
+    memos: Memos = field(default_factory=lambda: PROCESS_MEMOS)
 
     def signature(self) -> dict[str, Any]:
         """The settings that can change a score (for result-cache keys)."""
@@ -415,7 +418,9 @@ class BuiltinTask(Task, Generic[P, I]):
         Returns:
             The stored value, or ``None``.
         """
-        return REFERENCES.get((self.signature or self._memo_token, what, item.split, item.id))
+        return self.context.memos.references.get(
+            (self.signature or self._memo_token, what, item.split, item.id)
+        )
 
     def share_reference(self, what: str, item: I, value: Any) -> None:
         """Keep what preparing computed for an item for identical tasks of this process (same signature).
@@ -425,7 +430,9 @@ class BuiltinTask(Task, Generic[P, I]):
             item: The item.
             value: The data.
         """
-        REFERENCES.put((self.signature or self._memo_token, what, item.split, item.id), value)
+        self.context.memos.references.put(
+            (self.signature or self._memo_token, what, item.split, item.id), value
+        )
 
     def _memo_key(self, item: I, key: str) -> tuple[str, str, str, str]:
         return (self.signature or self._memo_token, item.split, item.id, key)
@@ -459,7 +466,7 @@ class BuiltinTask(Task, Generic[P, I]):
             key = self.answer_key(item, output) if memoize else None
             if key is not None:
                 keys[index] = self._memo_key(item, key)
-                known = VERDICTS.get(keys[index])
+                known = self.context.memos.verdicts.get(keys[index])
                 if known is not None:
                     same = known.output == output
                     results[index] = known if same else dataclasses.replace(known, output=output)
@@ -470,7 +477,7 @@ class BuiltinTask(Task, Generic[P, I]):
             results[index] = result
             key = keys[index]
             if key is not None:
-                VERDICTS.put(key, result)
+                self.context.memos.verdicts.put(key, result)
         return [r for r in results if r is not None]
 
     def judge_batch(self, pairs: Sequence[tuple[I, str]]) -> list[ItemResult]:
@@ -496,7 +503,7 @@ class BuiltinTask(Task, Generic[P, I]):
         """
         key = self.answer_key(item, answer) if getattr(self.params, "memoize", False) else None
         if key:  # an empty program is judged malformed, whatever is remembered
-            VERDICTS.put(self._memo_key(item, key), result)
+            self.context.memos.verdicts.put(self._memo_key(item, key), result)
 
     @abstractmethod
     def judge(self, item: I, output: str) -> ItemResult:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Hashable
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from cycleqd.evaluation.base import ItemResult
@@ -76,8 +77,19 @@ class Memo(Generic[V]):
             return len(self._data)
 
 
-#: Verdicts by (task signature, split, item id, answer key), shared by the built-in tasks of the process.
-VERDICTS: Memo[ItemResult] = Memo()
+@dataclass
+class Memos:
+    """The memos tasks share: verdicts and what preparing computed.
 
-#: What preparing computed, by (task signature, what, split, item id).
-REFERENCES: Memo[Any] = Memo()
+    Attributes:
+        verdicts: Verdicts by (task signature, split, item id, answer key).
+        references: What preparing computed, by (task signature, what, split, item id).
+    """
+
+    verdicts: Memo[ItemResult] = field(default_factory=Memo)
+    references: Memo[Any] = field(default_factory=Memo)
+
+
+#: The process's memos: a task gets them through its :class:`~.common.TaskContext` unless it is
+#: given others, so that every run of one process judges an answer once and alike.
+PROCESS_MEMOS = Memos()
