@@ -112,7 +112,7 @@ def kind_section(
         TypeError: When two kinds take a setting of the same name with different types or defaults,
             or a kind's setting shadows a shared field (a registry entry to rename).
     """
-    shared = (set(base.model_fields) - {key}) | {key}
+    shared = set(base.model_fields) | {key}
     owners: dict[str, list[str]] = {}
     fields: dict[str, Any] = {}
     for kind, model in settings.items():

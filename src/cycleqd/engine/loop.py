@@ -7,9 +7,9 @@ from the archives as they stand after generation ``g − W`` was incorporated; t
 incorporated are part of the checkpoint. A run is therefore a deterministic function of its config
 and ``W``, and a run stopped at any moment and resumed ends exactly as one never stopped.
 
-Write order of a generation (each write atomic): the accepted child's weights, its metrics line, the
-checkpoint, then deletion of the weights no archive refers to any more. On resume, metrics lines past
-the checkpoint and model folders it does not refer to are removed.
+The run's start (:mod:`~cycleqd.engine.start`), end (:mod:`~cycleqd.engine.finalise`) and its
+folder's upkeep, write order and repair on resume (:mod:`~cycleqd.engine.run_folder`) have modules of
+their own; this one draws jobs, incorporates their outcomes and checkpoints each generation.
 """
 
 from __future__ import annotations
