@@ -14,12 +14,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cycleqd.config_files import check_dtype_name, invalid_message, locate_model, read_mapping
-from cycleqd.config_kinds import KindSection, keyword_settings, kind_section
+from cycleqd.config_kinds import KindSection, changed_fields, keyword_settings, kind_section
 from cycleqd.errors import ConfigError
 from cycleqd.evaluation.spec import EvaluationSpec, TaskSpec
 from cycleqd.operators.mutation.registry import MUTATIONS
 from cycleqd.presets import apply_preset
-from cycleqd.qd.selection import SELECTIONS
+from cycleqd.qd.selection import SELECTIONS, check_rule_settings
 from cycleqd.weights.source import HUB_PREFIX
 
 
@@ -97,8 +97,6 @@ class ArchiveConfig(_Strict):
 
 
 def _check_selection(method: str, settings: BaseModel) -> None:
-    from cycleqd.qd.selection import check_rule_settings
-
     check_rule_settings(method, settings.model_dump())
 
 
@@ -357,12 +355,7 @@ class RunnerConfig(_Strict):
     def _ray_only(self) -> RunnerConfig:
         if self.kind == "ray":
             return self
-        shared = {"kind", "parent_cache"}
-        ignored = [
-            name
-            for name in sorted(self.model_fields_set - shared)
-            if getattr(self, name) != type(self).model_fields[name].default
-        ]
+        ignored = changed_fields(self, set(type(self).model_fields) - {"kind", "parent_cache"})
         if ignored:
             raise ValueError(
                 f"{', '.join(ignored)} apply to the ray runner, not to local (one job at a time in this "

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -43,6 +43,27 @@ class KindSpec:
     check: Callable[[str, BaseModel], None] | None = None
 
 
+def changed_fields(section: BaseModel, names: Iterable[str]) -> list[str]:
+    """The fields among ``names`` that a config set to something other than their default, sorted.
+
+    A setting that applies only to another kind is harmless at its default (and the resolved configs
+    of older runs list every field), so only these are refused.
+
+    Args:
+        section: A validated config section.
+        names: Field names of the section.
+
+    Returns:
+        The names given explicitly with a non-default value.
+    """
+    fields = type(section).model_fields
+    return sorted(
+        name
+        for name in set(names) & section.model_fields_set
+        if getattr(section, name) != fields[name].get_default(call_default_factory=True)
+    )
+
+
 class KindSection(BaseModel):
     """Base of a config section over a registry (see :func:`kind_section`)."""
 
@@ -63,15 +84,13 @@ class KindSection(BaseModel):
     @model_validator(mode="after")
     def _own_settings(self) -> KindSection:
         spec, kind = self.spec, self.kind_name
-        for name in sorted(self.model_fields_set):
-            owners = spec.owners.get(name)
-            if owners is None or kind in owners:
-                continue
-            if getattr(self, name) != type(self).model_fields[name].default:
-                raise ValueError(
-                    f"{name} is a setting of the {' and '.join(owners)} {spec.what}, not of {kind}; "
-                    f"remove it or set {spec.key}: {owners[0]}"
-                )
+        foreign = [name for name, owners in spec.owners.items() if kind not in owners]
+        for name in changed_fields(self, foreign):
+            owners = spec.owners[name]
+            raise ValueError(
+                f"{name} is a setting of the {' and '.join(owners)} {spec.what}, not of {kind}; "
+                f"remove it or set {spec.key}: {owners[0]}"
+            )
         try:
             settings = self.settings
         except ValidationError as exc:

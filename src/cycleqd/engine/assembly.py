@@ -21,7 +21,8 @@ from cycleqd.evaluation.base import Task
 from cycleqd.evaluation.cache import ResultCache
 from cycleqd.evaluation.evaluator import Evaluator
 from cycleqd.evaluation.spec import build_backend, build_tasks
-from cycleqd.operators import MUTATIONS, ExpertSVDCache, Mutation, MutationContext
+from cycleqd.operators import ExpertSVDCache, Mutation, MutationContext
+from cycleqd.operators import build_mutation as mutation_of_kind
 from cycleqd.operators.crossover import MergeCrossover
 from cycleqd.weights import ModelSource, open_model
 from cycleqd.weights.dtypes import parse_dtype
@@ -149,7 +150,7 @@ def build_mutation(
         return svd_caches(cfg, fingerprints=fingerprints, svd_root=svd_root, rank=rank)
 
     m = cfg.mutation
-    return MUTATIONS[m.kind].from_settings(m.settings, context=MutationContext(expert_svds=caches))
+    return mutation_of_kind(m.kind, m.settings.model_dump(), context=MutationContext(expert_svds=caches))
 
 
 def build_child_builder(
